@@ -1,0 +1,123 @@
+"""TrainConfig: the whole training configuration, saved as config.json beside every model."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+Method = Literal["tsm-rct", "tsm-obs", "tsm-pooled", "dfcl-pl", "dfcl-mer", "dfcl-ifd", "bi-dfcl"]
+UpperLoss = Literal["ppl", "pifd", "dpl", "difd"]
+MetaGrad = Literal["implicit", "unrolled"]
+Reward = Literal["revenue", "dual"]
+
+METHODS: tuple[str, ...] = get_args(Method)
+TWO_STAGE: tuple[str, ...] = ("tsm-rct", "tsm-obs", "tsm-pooled")
+DFCL: tuple[str, ...] = ("dfcl-pl", "dfcl-mer", "dfcl-ifd")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every knob of every method; defaults follow ALGORITHMS.md (paper values where published)."""
+
+    method: str = "bi-dfcl"
+    seed: int = 0
+    device: str = "cpu"
+    # networks (target = teacher = bridge architecture, §5.5)
+    hidden: tuple[int, ...] = (64, 32, 32)
+    # optimisation shared by all methods
+    epochs: int = 30  # main-phase epochs (after warm start)
+    batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    # RCT validation split used for model selection by budget-curve area
+    val_fraction: float = 0.25
+    n_budgets: int = 10  # validation grid size (§8.7)
+    train_budget: float | None = None  # per-capita budget for PPL/PIFD; None -> midpoint (§8.7)
+    # DFCL (§4): L = L_DL + alpha * L_PL on RCT after a warm start
+    warm_start_epochs: int = 10
+    alpha: float = 1.0
+    dual_lambdas: tuple[float, ...] | None = None  # None -> lambda* at 25/50/75% budgets
+    pl_tau: float = 1.0  # temperatures are in units of the batch std of the dual score (§8.14)
+    mer_tau: float = 0.3
+    ifd_h: float = 0.3  # 'fix' clip width in units of the batch std of the dual score
+    ifd_cost_grad: bool = False  # §8.13: notebook uses the revenue gradient only
+    # Bi-DFCL (§5)
+    upper_loss: str = "ppl"
+    ppl_reward: str = "revenue"  # §8.3: "dual" uses r - lambda* c
+    ppl_tau: float = 1.0
+    pifd_h: float = 0.3
+    meta_grad: str = "implicit"
+    upper_every: int = 5  # upper-level step every k-th OBS batch
+    assumed_steps: int = 5  # k assumed SGD steps approximating theta*
+    assumed_lr: float = 0.05
+    n_cg: int = 10
+    cg_damping: float = 1e-2
+    cg_tol: float = 1e-8
+    bridge_lr: float = 1e-3
+    teacher_epochs: int = 30
+    rct_upper_batch: int = 4096
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes, kept verbatim
+
+    def __post_init__(self) -> None:
+        """Reject impossible settings early, naming the field."""
+        checks: list[tuple[bool, str]] = [
+            (self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}"),
+            (self.upper_loss in get_args(UpperLoss), f"upper_loss: bad value {self.upper_loss!r}"),
+            (self.meta_grad in get_args(MetaGrad), f"meta_grad: bad value {self.meta_grad!r}"),
+            (self.ppl_reward in get_args(Reward), f"ppl_reward: bad value {self.ppl_reward!r}"),
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.batch_size >= 2, "batch_size must be >= 2"),
+            (0.0 < self.val_fraction < 1.0, "val_fraction must be in (0, 1)"),
+            (self.n_budgets >= 2, "n_budgets must be >= 2"),
+            (
+                self.lr > 0 and self.bridge_lr > 0 and self.assumed_lr > 0,
+                "learning rates must be > 0",
+            ),
+            (self.upper_every >= 1 and self.assumed_steps >= 1, "upper_every/assumed_steps >= 1"),
+            (self.n_cg >= 1 and self.cg_damping >= 0, "n_cg >= 1 and cg_damping >= 0"),
+            (self.warm_start_epochs >= 0 and self.teacher_epochs >= 1, "warm/teacher epochs"),
+            (all(h >= 1 for h in self.hidden), "hidden sizes must be >= 1"),
+            (self.train_budget is None or self.train_budget > 0, "train_budget must be > 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON dict (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainConfig:
+        """Inverse of to_json; unknown keys are an error so typos do not pass silently."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; known: {sorted(names)}")
+        kwargs = dict(data)
+        for key in ("hidden", "dual_lambdas"):
+            if kwargs.get(key) is not None:
+                kwargs[key] = tuple(kwargs[key])
+        return cls(**kwargs)
+
+    @classmethod
+    def load(cls, path: Path) -> TrainConfig:
+        """Read a JSON config file."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read config {path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ValueError(f"config {path} must hold a JSON object")
+        return cls.from_json(data)
+
+    def save(self, path: Path) -> None:
+        """Write config.json next to the model."""
+        Path(path).write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """Copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
