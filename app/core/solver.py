@@ -1,0 +1,352 @@
+"""Budgeted treatment allocation (multi-choice knapsack): exact LP multiplier, then greedy fill.
+
+Problem: maximise sum_i revenue[i, t_i] subject to sum_i cost[i, t_i] <= budget, one treatment per
+customer (ALGORITHMS.md section 1). Costs may be zero, equal or negative and in any order; revenue
+may be negative; treatment 0 is not assumed to be free.
+
+Method (Sinha-Zoltners):
+1. Each customer starts on its cheapest treatment. If these starts already exceed the budget,
+   `InfeasibleBudget` reports the minimum feasible budget. If the unconstrained best assignment
+   fits, it is returned with lam = 0.
+2. Each customer's upper convex hull of (cost, revenue) points, walked from its start, gives
+   segments with dC > 0, dR > 0 and non-increasing slope dR/dC. The LP relaxation takes segments
+   in decreasing slope order until the leftover budget runs out; the slope of the first segment
+   that does not fit whole is the LP multiplier `lam` (shadow price of cost). For large N the
+   multiplier is first bracketed on a strided sample and the bracket verified on every customer;
+   only customers whose dual choice differs across the bracket need their hull.
+3. The integral assignment keeps every whole segment before `lam`; the leftover budget then goes
+   to the upgrades with the largest revenue gain per extra cost that still fit (a few rounds).
+4. Totals are recomputed from the chosen entries; if rounding ever pushed the cost above the
+   budget, the least valuable upgrades are undone, so `cost <= budget` always holds.
+
+Tie rules (everything is deterministic):
+- start: lowest cost, then highest revenue, then lowest index;
+- unconstrained best: highest revenue, then lowest cost, then lowest index;
+- hull: next vertex has the steepest slope, then the smallest extra cost (collinear points stay
+  separate vertices), then the lowest index;
+- LP order: slope descending, then customer index ascending, then position along the hull;
+- greedy fill: per customer the best gain/cost ratio, then larger gain, then lowest index; across
+  customers ratio descending, then customer index ascending;
+- `dual_choice`: highest revenue - lam * cost, then lowest cost, then lowest index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.core._types import FloatArray, IntArray
+
+_SMALL_N = 32_768  # up to this many customers every hull is built; above, lam is bracketed first
+_SAMPLE = 16_384  # customers in the strided sample that brackets lam
+_BRACKET_MARGIN = 0.02  # relative budget margin of the first bracket; widened x4 until verified
+_FILL_ROUNDS = 12  # greedy rounds spending the leftover budget
+
+State = tuple[IntArray, FloatArray, FloatArray]  # treatment, its cost, its revenue: each (N,)
+
+
+class InfeasibleBudget(ValueError):
+    """Raised when even the cheapest treatment for everyone costs more than the budget."""
+
+    def __init__(self, budget: float, min_budget: float) -> None:
+        self.budget = budget
+        self.min_budget = min_budget
+        super().__init__(
+            f"budget {budget:.12g} is infeasible: the minimum feasible budget is "
+            f"{min_budget:.12g} (every customer on its cheapest treatment)"
+        )
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """One treatment per customer with its totals and the LP multiplier that priced cost."""
+
+    treatment: IntArray  # (N,) chosen treatment per customer
+    lam: float  # Lagrange multiplier (shadow price of cost) of the LP relaxation
+    revenue: float  # total revenue of the chosen assignment
+    cost: float  # total cost of the chosen assignment (always <= budget)
+    budget: float  # total budget used
+
+
+def _as_matrix(name: str, values: object) -> FloatArray:
+    """Coerce to float64 (N, K) and reject empty or non-finite input, naming the culprit."""
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be a numeric array: {exc}") from None
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must have shape (N, K), got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {arr.shape}); need N >= 1 and K >= 1")
+    if not np.isfinite(arr.sum()):  # cheap screen; an overflowing sum of finite values is fine
+        bad = np.argwhere(~np.isfinite(arr))
+        if bad.size:
+            i, j = (int(v) for v in bad[0])
+            raise ValueError(
+                f"{name} has non-finite value {arr[i, j]} at customer {i}, treatment {j}"
+            )
+    return arr
+
+
+def _columns(revenue: object, cost: object) -> tuple[FloatArray, FloatArray]:
+    """Validate both matrices and return them as contiguous (K, N) columns for fast K-loops."""
+    rev = _as_matrix("revenue", revenue)
+    cst = _as_matrix("cost", cost)
+    if rev.shape != cst.shape:
+        raise ValueError(f"revenue {rev.shape} and cost {cst.shape} shapes differ")
+    return np.ascontiguousarray(rev.T), np.ascontiguousarray(cst.T)
+
+
+def _extreme(R: FloatArray, C: FloatArray, cheapest: bool) -> State:
+    """Cheapest (then richest) or richest (then cheapest) treatment; R, C: (K, N) -> 3 x (N,)."""
+    first, second = (C, -R) if cheapest else (-R, C)
+    idx = np.zeros(R.shape[1], np.int64)
+    b1, b2 = first[0].copy(), second[0].copy()
+    for j in range(1, R.shape[0]):
+        better = (first[j] < b1) | ((first[j] == b1) & (second[j] < b2))
+        np.copyto(idx, j, where=better)
+        np.copyto(b1, first[j], where=better)
+        np.copyto(b2, second[j], where=better)
+    return (idx, b1, -b2) if cheapest else (idx, b2, -b1)
+
+
+def _dual_pass(R: FloatArray, C: FloatArray, lam: float) -> State:
+    """Argmax of R - lam*C per customer, exact ties to the lower index (internal, fast)."""
+    best = R[0] - lam * C[0]
+    idx = np.zeros(R.shape[1], np.int64)
+    bc, br = C[0].copy(), R[0].copy()
+    score = np.empty_like(best)
+    for j in range(1, R.shape[0]):
+        np.multiply(C[j], -lam, out=score)
+        score += R[j]
+        better = score > best
+        np.maximum(best, score, out=best)
+        np.copyto(idx, j, where=better)
+        np.copyto(bc, C[j], where=better)
+        np.copyto(br, R[j], where=better)
+    return idx, bc, br
+
+
+def _hull(R: FloatArray, C: FloatArray, start: IntArray) -> tuple[IntArray, FloatArray, FloatArray]:
+    """Upper hull walked from `start` (gift wrapping over K). R, C: (K, M).
+
+    Returns path (K, M) of vertex indices (path[0] = start, repeated after the last vertex),
+    slope and dC (K-1, M) of each segment (-inf / 0 where the hull already ended); slopes are
+    capped to be non-increasing along each hull so 'slope > x' always selects a prefix.
+    """
+    K, m = R.shape
+    cols = np.arange(m)
+    path = np.tile(start, (K, 1))
+    slope = np.full((K - 1, m), -np.inf)
+    dcost = np.zeros((K - 1, m))
+    cur_c, cur_r = C[start, cols], R[start, cols]
+    prev = np.full(m, np.inf)
+    active = cols
+    for step in range(1, K):
+        if active.size == 0:
+            break
+        Ra, Ca = R[:, active], C[:, active]  # (K, a)
+        cc, rc = cur_c[active], cur_r[active]
+        best = np.full(active.size, -np.inf)
+        bdc = np.full(active.size, np.inf)
+        bj = np.full(active.size, -1, np.int64)
+        for j in range(K):
+            dc, dr = Ca[j] - cc, Ra[j] - rc
+            ok = (dc > 0) & (dr > 0)
+            with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+                sl = np.where(ok, dr / dc, -np.inf)
+            better = ok & ((sl > best) | ((sl == best) & (dc < bdc)))
+            best = np.where(better, sl, best)
+            bdc = np.where(better, dc, bdc)
+            bj = np.where(better, j, bj)
+        pos = np.flatnonzero(bj >= 0)
+        active, bj = active[pos], bj[pos]
+        capped = np.minimum(best[pos], prev[active])
+        slope[step - 1, active] = capped
+        dcost[step - 1, active] = bdc[pos]
+        prev[active] = capped
+        path[step:, active] = bj
+        cur_c[active], cur_r[active] = Ca[bj, pos], Ra[bj, pos]
+    return path, slope, dcost
+
+
+def _lp_fill(
+    R: FloatArray, C: FloatArray, state: State, rows: IntArray, leftover: float, lam_floor: float
+) -> tuple[float, State]:
+    """Take whole hull segments of `rows` in decreasing slope order while they fit `leftover`."""
+    t, cur_c, cur_r = state[0].copy(), state[1].copy(), state[2].copy()
+    path, slope, dcost = _hull(R[:, rows], C[:, rows], t[rows])
+    step, row = np.nonzero(slope > -np.inf)  # valid segments, (S,) each
+    seg_slope, seg_dc = slope[step, row], dcost[step, row]
+    order = np.lexsort((step, row, -seg_slope))
+    cum = np.cumsum(seg_dc[order])
+    k = int(np.searchsorted(cum, leftover, side="right"))
+    lam = float(seg_slope[order[k]]) if k < cum.size else lam_floor
+    taken = np.bincount(row[order[:k]], minlength=rows.size)
+    new_t = path[taken, np.arange(rows.size)]
+    t[rows] = new_t
+    cur_c[rows], cur_r[rows] = C[new_t, rows], R[new_t, rows]
+    return max(lam, 0.0), (t, cur_c, cur_r)
+
+
+def _bracket(
+    R: FloatArray, C: FloatArray, start: State, top: State, total: float
+) -> tuple[float, State, IntArray]:
+    """Bracket lam on a strided sample, verify on all customers, return the undecided rows.
+
+    Returns (lam_lo, state at lam_hi, rows whose dual choice differs between lam_hi and lam_lo).
+    Spend at lam_hi fits the budget and spend at lam_lo exceeds it, so the LP multiplier lies in
+    [lam_lo, lam_hi] and only the returned rows can hold a segment with slope in that range.
+    """
+    n = R.shape[1]
+    base = float(np.sum(start[1]))
+    sample = np.arange(0, n, n // _SAMPLE)
+    path, slope, dcost = _hull(R[:, sample], C[:, sample], start[0][sample])
+    valid = slope > -np.inf
+    s_slope, s_dc = slope[valid], dcost[valid]
+    order = np.argsort(-s_slope, kind="stable")
+    s_slope, cum = s_slope[order], np.cumsum(s_dc[order])
+    target = (total - base) * sample.size / n
+
+    margin, hi = _BRACKET_MARGIN, start
+    while margin < 1.0:
+        k = int(np.searchsorted(cum, target * (1.0 - margin), side="right"))
+        if k >= cum.size:
+            break
+        hi = _dual_pass(R, C, float(s_slope[k]))
+        if float(np.sum(hi[1])) <= total:
+            break
+        margin, hi = margin * 4.0, start
+    margin, lo, lam_lo = _BRACKET_MARGIN, top, 0.0
+    while True:
+        k = int(np.searchsorted(cum, target * (1.0 + margin), side="right"))
+        if k >= cum.size:
+            lo, lam_lo = top, 0.0
+            break
+        lam_lo = float(s_slope[k])
+        lo = _dual_pass(R, C, lam_lo)
+        if float(np.sum(lo[1])) > total:
+            break
+        margin *= 4.0
+    return lam_lo, hi, np.flatnonzero(lo[0] != hi[0])
+
+
+def _greedy_fill(R: FloatArray, C: FloatArray, state: State, total: float) -> State:
+    """Spend the leftover on upgrades with the best revenue gain per extra cost that fit."""
+    t, cur_c, cur_r = state
+    rows = np.arange(t.size)
+    for _ in range(_FILL_ROUNDS):
+        rem = total - float(np.sum(cur_c))
+        if rem <= 0 or rows.size == 0:
+            break
+        cc, rc = cur_c[rows], cur_r[rows]
+        best = np.full(rows.size, -np.inf)
+        bdc, bdr = np.zeros(rows.size), np.zeros(rows.size)
+        bj = np.full(rows.size, -1, np.int64)
+        full = rows.size == t.size
+        for j in range(R.shape[0]):
+            dc = (C[j] if full else C[j, rows]) - cc
+            dr = (R[j] if full else R[j, rows]) - rc
+            ok = (dc > 0) & (dc <= rem) & (dr > 0)
+            if not ok.any():
+                continue
+            sub = np.flatnonzero(ok)
+            ratio = dr[sub] / dc[sub]
+            better = (ratio > best[sub]) | ((ratio == best[sub]) & (dr[sub] > bdr[sub]))
+            win = sub[better]
+            best[win], bdc[win], bdr[win], bj[win] = ratio[better], dc[win], dr[win], j
+        has = np.flatnonzero(bj >= 0)
+        if has.size == 0:
+            break
+        order = has[np.argsort(-best[has], kind="stable")]
+        k = int(np.searchsorted(np.cumsum(bdc[order]), rem, side="right"))
+        take = order[:k]
+        who, new_t = rows[take], bj[take]
+        t[who], cur_c[who], cur_r[who] = new_t, C[new_t, who], R[new_t, who]
+        rows = rows[has]
+    return t, cur_c, cur_r
+
+
+def _repair(R: FloatArray, C: FloatArray, state: State, start: State, total: float) -> State:
+    """Undo the least valuable upgrades until the exact total fits (guards float rounding)."""
+    t, cur_c, cur_r = state
+    while float(np.sum(cur_c)) > total:
+        excess = float(np.sum(cur_c)) - total
+        up = np.flatnonzero(cur_c > start[1])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            value = (cur_r[up] - start[2][up]) / (cur_c[up] - start[1][up])
+        order = up[np.lexsort((up, value))]
+        k = int(np.searchsorted(np.cumsum(cur_c[order] - start[1][order]), excess)) + 1
+        undo = order[:k]
+        t[undo], cur_c[undo], cur_r[undo] = start[0][undo], start[1][undo], start[2][undo]
+    return t, cur_c, cur_r
+
+
+def allocate(
+    revenue: object, cost: object, budget: float, *, per_capita: bool = False
+) -> Allocation:
+    """Best one-treatment-per-customer assignment within budget. revenue, cost: (N, K).
+
+    `budget` is the total budget, or the budget per customer when `per_capita` (times N).
+    Raises ValueError on bad input and InfeasibleBudget when the budget cannot cover the
+    cheapest treatment of every customer.
+    """
+    R, C = _columns(revenue, cost)
+    n = R.shape[1]
+    try:
+        total = float(budget) * (n if per_capita else 1)
+    except (TypeError, ValueError):
+        raise ValueError(f"budget must be a number, got {budget!r}") from None
+    if not np.isfinite(total):
+        raise ValueError(f"budget must be finite, got {budget!r}")
+    if total < 0:
+        raise ValueError(f"budget must be >= 0, got {budget!r}")
+
+    start = _extreme(R, C, cheapest=True)
+    base = float(np.sum(start[1]))
+    if base > total:
+        raise InfeasibleBudget(total, base)
+    top = _extreme(R, C, cheapest=False)
+    if float(np.sum(top[1])) <= total:
+        return _result(top, 0.0, total)
+
+    if n <= _SMALL_N:
+        lam_floor, state, rows = 0.0, start, np.arange(n)
+    else:
+        lam_floor, state, rows = _bracket(R, C, start, top, total)
+    leftover = total - float(np.sum(state[1]))
+    lam, state = _lp_fill(R, C, state, rows, leftover, lam_floor)
+    state = _greedy_fill(R, C, state, total)
+    state = _repair(R, C, state, start, total)
+    return _result(state, lam, total)
+
+
+def _result(state: State, lam: float, total: float) -> Allocation:
+    """Package a state with totals recomputed from the chosen entries."""
+    t, cur_c, cur_r = state
+    spent = float(np.sum(cur_c))
+    if spent > total:  # unreachable after _repair; kept as a hard guarantee
+        raise AssertionError(f"allocation cost {spent} exceeds budget {total}")
+    return Allocation(t, float(lam), float(np.sum(cur_r)), spent, total)
+
+
+def dual_choice(revenue: object, cost: object, lam: float) -> IntArray:
+    """Best treatment at multiplier lam: argmax revenue - lam*cost; ties -> lower cost, lower index.
+
+    revenue, cost: (N, K) -> (N,). With this tie rule the spend is non-increasing in lam.
+    """
+    R, C = _columns(revenue, cost)
+    lam = float(lam)
+    if not np.isfinite(lam):
+        raise ValueError(f"lam must be finite, got {lam!r}")
+    best = R[0] - lam * C[0]
+    bc = C[0].copy()
+    idx = np.zeros(R.shape[1], np.int64)
+    for j in range(1, R.shape[0]):
+        score = R[j] - lam * C[j]
+        better = (score > best) | ((score == best) & (C[j] < bc))
+        np.copyto(idx, j, where=better)
+        np.copyto(best, score, where=better)
+        np.copyto(bc, C[j], where=better)
+    return idx
