@@ -1,0 +1,334 @@
+"""Offline policy evaluation on randomized data: EOM, the budget curve and AUCC (ALGORITHMS.md §3).
+
+EOM (expected outcome metric): a policy's per-capita revenue and cost estimated from logged data
+by inverse propensity weighting -- only customers whose logged treatment equals the policy's
+choice count, each weighted 1/p(logged treatment). Horvitz-Thompson (the paper metric) and Hajek
+(self-normalised, diagnostic) forms, each with a standard error so comparisons can carry a CI.
+
+Models are compared at equal *realized* spend ("mode E", ALGORITHMS.md §1): for each per-capita
+budget the multiplier lam is bisected until the EOM-estimated cost of pi_lam meets the budget, so
+a model that under-predicts cost cannot win by overspending.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.core._types import FloatArray, IntArray
+from app.core.solver import dual_choice
+
+_COST_EPS = 1e-12  # predicted costs at or below this do not bound lam (ALGORITHMS.md §8.19)
+
+
+@dataclass(frozen=True)
+class PolicyValue:
+    """EOM estimate of one policy: per-capita revenue and cost with standard errors."""
+
+    revenue: float  # Horvitz-Thompson per-capita revenue
+    cost: float  # Horvitz-Thompson per-capita cost
+    revenue_se: float
+    cost_se: float
+    revenue_hajek: float  # self-normalised form (lower variance, slightly biased)
+    cost_hajek: float
+    n_matched: int  # customers whose logged treatment equals the policy's
+
+
+def _logged(
+    treatment: object, revenue: object, cost: object, propensity: object
+) -> tuple[IntArray, FloatArray, FloatArray, FloatArray]:
+    """Validate logged data: four (N,) arrays, finite outcomes, propensity in (0, 1]."""
+    t = np.asarray(treatment)
+    r = np.asarray(revenue, dtype=np.float64)
+    c = np.asarray(cost, dtype=np.float64)
+    p = np.asarray(propensity, dtype=np.float64)
+    n = t.shape[0] if t.ndim == 1 else -1
+    for name, a in (("treatment", t), ("revenue", r), ("cost", c), ("propensity", p)):
+        if a.ndim != 1 or a.shape[0] != n or n == 0:
+            raise ValueError(f"{name} must be a non-empty (N,) array like treatment, got {a.shape}")
+    if t.dtype.kind not in "iu" and not (t.dtype.kind == "f" and np.all(t == np.round(t))):
+        raise ValueError(f"treatment must hold integers, got dtype {t.dtype}")
+    if t.min() < 0:
+        raise ValueError(f"treatment must be >= 0, got {t.min()}")
+    for name, a in (("revenue", r), ("cost", c)):
+        if not np.all(np.isfinite(a)):
+            raise ValueError(
+                f"{name} has a non-finite value at row {int(np.argmin(np.isfinite(a)))}"
+            )
+    bad = ~((p > 0) & (p <= 1))
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise ValueError(f"propensity must lie in (0, 1]; row {row} has {p[row]!r}")
+    return t.astype(np.int64), r, c, p
+
+
+def arm_propensity(treatment: object) -> FloatArray:
+    """Empirical RCT propensity p_{t_i} = N_{t_i} / N, (N,) (ALGORITHMS.md §0)."""
+    t = np.asarray(treatment, dtype=np.int64)
+    return (np.bincount(t) / len(t))[t]
+
+
+def _ht_and_se(y: FloatArray) -> tuple[float, float]:
+    """Mean of per-customer HT terms and its standard error."""
+    n = len(y)
+    se = float(np.std(y, ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+    return float(np.mean(y)), se
+
+
+def _eom_arrays(
+    t: IntArray, r: FloatArray, c: FloatArray, p: FloatArray, policy: IntArray
+) -> PolicyValue:
+    w = (t == policy) / p  # (N,) HT weight, 0 off the matched set
+    rev, rev_se = _ht_and_se(w * r)
+    cst, cst_se = _ht_and_se(w * c)
+    total_w = float(w.sum())
+    rev_h = float((w * r).sum() / total_w) if total_w > 0 else float("nan")
+    cst_h = float((w * c).sum() / total_w) if total_w > 0 else float("nan")
+    return PolicyValue(rev, cst, rev_se, cst_se, rev_h, cst_h, int(np.count_nonzero(w)))
+
+
+def eom(
+    treatment: object, revenue: object, cost: object, propensity: object, policy: object
+) -> PolicyValue:
+    """EOM of a deterministic policy. All inputs (N,); policy is the chosen treatment per row.
+
+    HT: r_bar = (1/N) sum_i r_i 1[t_i = pi_i] / p_i, unbiased for the per-capita revenue of pi
+    on randomized data; SE = std of the per-customer terms / sqrt(N).
+    """
+    t, r, c, p = _logged(treatment, revenue, cost, propensity)
+    pol = np.asarray(policy)
+    if pol.shape != t.shape or pol.dtype.kind not in "iu":
+        raise ValueError(f"policy must be an integer (N,) array like treatment, got {pol.shape}")
+    return _eom_arrays(t, r, c, p, pol.astype(np.int64))
+
+
+def _predictions(revenue_pred: object, cost_pred: object, n: int) -> tuple[FloatArray, FloatArray]:
+    rp = np.asarray(revenue_pred, dtype=np.float64)
+    cp = np.asarray(cost_pred, dtype=np.float64)
+    if rp.ndim != 2 or rp.shape != cp.shape or rp.shape[0] != n:
+        raise ValueError(
+            f"predicted revenue {rp.shape} and cost {cp.shape} must both be (N={n}, K)"
+        )
+    if not (np.all(np.isfinite(rp)) and np.all(np.isfinite(cp))):
+        raise ValueError("predictions contain NaN or inf")
+    return rp, cp
+
+
+def lam_for_realized_budget(
+    revenue_pred: object,
+    cost_pred: object,
+    treatment: object,
+    revenue: object,
+    cost: object,
+    propensity: object,
+    budget: float,
+    *,
+    tol: float = 1e-6,
+    max_iter: int = 60,
+) -> float:
+    """Mode-E multiplier: smallest lam whose EOM realized per-capita cost is <= budget.
+
+    revenue_pred, cost_pred: (N, K) model outputs; the rest (N,) logged randomized data.
+    Bisection keeps the feasible side (hi): if even the cheapest-predicted policy overspends,
+    the returned lam is the one that reached it (the caller sees the overspend in the EOM cost).
+    """
+    t, r, c, p = _logged(treatment, revenue, cost, propensity)
+    rp, cp = _predictions(revenue_pred, cost_pred, len(t))
+    return _lam_search(rp, cp, t, c, p, float(budget), tol, max_iter)
+
+
+def _realized_cost(rp: FloatArray, cp: FloatArray, t: IntArray, c: FloatArray, p: FloatArray,
+                   lam: float) -> float:  # fmt: skip
+    """EOM per-capita cost of pi_lam."""
+    return float(np.mean((t == dual_choice(rp, cp, lam)) * c / p))
+
+
+def _lam_search(
+    rp: FloatArray,
+    cp: FloatArray,
+    t: IntArray,
+    c: FloatArray,
+    p: FloatArray,
+    budget: float,
+    tol: float,
+    max_iter: int,
+) -> float:
+    if not np.isfinite(budget):
+        raise ValueError(f"budget must be finite, got {budget!r}")
+    if _realized_cost(rp, cp, t, c, p, 0.0) <= budget:
+        return 0.0
+    positive = cp > _COST_EPS
+    ratios = rp[positive] / cp[positive]
+    hi = max(float(ratios.max()) if ratios.size else 0.0, 1e-9) * (1.0 + 1e-9)
+    for _ in range(64):  # grow until the policy fits (negative or tiny costs need more)
+        if _realized_cost(rp, cp, t, c, p, hi) <= budget:
+            break
+        hi *= 2.0
+    else:
+        return hi
+    lo = 0.0
+    scale = tol * max(abs(budget), float(np.mean(np.abs(c))), 1e-12)
+    for _ in range(max_iter):
+        mid = 0.5 * (lo + hi)
+        spent = _realized_cost(rp, cp, t, c, p, mid)
+        if spent > budget:
+            lo = mid
+        else:
+            hi = mid
+            if budget - spent <= scale:
+                break
+        if hi - lo <= 1e-12 * hi:
+            break
+    return hi
+
+
+@dataclass(frozen=True)
+class BudgetCurve:
+    """EOM revenue and cost of a model's policy across a grid of per-capita budgets."""
+
+    budget: FloatArray  # (B,) per-capita budgets
+    revenue: FloatArray  # (B,) EOM (HT) per-capita revenue at lam(b)
+    cost: FloatArray  # (B,) EOM (HT) per-capita cost at lam(b)
+    revenue_se: FloatArray  # (B,)
+    cost_se: FloatArray  # (B,)
+    lam: FloatArray  # (B,) mode-E multiplier
+    low: PolicyValue  # constant policy with the lowest EOM cost (usually all-control)
+    high: PolicyValue  # constant policy with the highest EOM cost (usually all-max-arm)
+
+    @property
+    def mean_revenue(self) -> float:
+        """Mean EOM revenue over the grid (= area under the curve / grid width, uniform grid)."""
+        return float(np.mean(self.revenue))
+
+    @property
+    def area(self) -> float:
+        """Normalised area: mean over the grid of (R(b) - R_low) / (R_high - R_low).
+
+        Random targeting (mixing the cheapest and the dearest arm) scores (B+1)/(2B) on the
+        default grid (0.55 for B = 10); values are comparable across models on the same data
+        and grid. If R_high <= R_low the gain is divided by |R_low| instead.
+        """
+        gain = self.high.revenue - self.low.revenue
+        scale = max(abs(self.high.revenue), abs(self.low.revenue), 1e-12)
+        denominator = gain if gain > 1e-12 * scale else max(abs(self.low.revenue), 1e-12)
+        return float(np.mean((self.revenue - self.low.revenue) / denominator))
+
+
+def constant_policies(
+    treatment: object, revenue: object, cost: object, propensity: object, n_treatments: int
+) -> list[PolicyValue]:
+    """EOM of 'everybody gets arm j' for j = 0..K-1."""
+    t, r, c, p = _logged(treatment, revenue, cost, propensity)
+    return [_eom_arrays(t, r, c, p, np.full(len(t), j, np.int64)) for j in range(n_treatments)]
+
+
+def budget_grid(low: float, high: float, n_budgets: int = 10) -> FloatArray:
+    """Per-capita budgets low + (high - low) * i / n for i = 1..n (ALGORITHMS.md §8.7).
+
+    The all-low point is left out: there every model spends nothing and scores alike.
+    """
+    if n_budgets < 1:
+        raise ValueError(f"n_budgets must be >= 1, got {n_budgets}")
+    return low + (high - low) * np.arange(1, n_budgets + 1) / n_budgets
+
+
+def budget_curve(
+    revenue_pred: object,
+    cost_pred: object,
+    treatment: object,
+    revenue: object,
+    cost: object,
+    propensity: object,
+    budgets: object | None = None,
+    *,
+    n_budgets: int = 10,
+) -> BudgetCurve:
+    """Mode-E budget curve of a model. Predictions (N, K), logged data (N,), budgets (B,).
+
+    Default grid: n_budgets points between the EOM spend of the cheapest and of the dearest
+    constant policy (all-control and all-max-arm in the usual case).
+    """
+    t, r, c, p = _logged(treatment, revenue, cost, propensity)
+    rp, cp = _predictions(revenue_pred, cost_pred, len(t))
+    if t.max() >= rp.shape[1]:
+        raise ValueError(f"treatment {t.max()} has no prediction column (K={rp.shape[1]})")
+    arms = constant_policies(t, r, c, p, rp.shape[1])
+    order = np.argsort([a.cost for a in arms], kind="stable")
+    low, high = arms[int(order[0])], arms[int(order[-1])]
+    grid = (
+        budget_grid(low.cost, high.cost, n_budgets)
+        if budgets is None
+        else np.atleast_1d(np.asarray(budgets, dtype=np.float64))
+    )
+    if grid.ndim != 1 or grid.size == 0 or not np.all(np.isfinite(grid)):
+        raise ValueError("budgets must be a non-empty 1-D array of finite numbers")
+    rows = []
+    for b in grid:  # loop over budgets on the grid
+        lam = _lam_search(rp, cp, t, c, p, float(b), 1e-6, 60)
+        value = _eom_arrays(t, r, c, p, dual_choice(rp, cp, lam))
+        rows.append((value.revenue, value.cost, value.revenue_se, value.cost_se, lam))
+    out = np.asarray(rows, dtype=np.float64).reshape(-1, 5)
+    return BudgetCurve(grid, out[:, 0], out[:, 1], out[:, 2], out[:, 3], out[:, 4], low, high)
+
+
+def roi_score(revenue_pred: object, cost_pred: object) -> FloatArray:
+    """Binary-treatment ranking score (dr/dc), (N,); |dc| < 1e-6 becomes 1e-6 (reference code)."""
+    rp = np.asarray(revenue_pred, dtype=np.float64)
+    cp = np.asarray(cost_pred, dtype=np.float64)
+    if rp.ndim != 2 or rp.shape != cp.shape or rp.shape[1] != 2:
+        raise ValueError(f"roi_score needs (N, 2) predictions, got {rp.shape} and {cp.shape}")
+    dr = rp[:, 1] - rp[:, 0]
+    dc = cp[:, 1] - cp[:, 0]
+    return dr / np.where(np.abs(dc) < 1e-6, 1e-6, dc)
+
+
+def aucc(
+    treatment: object, revenue: object, cost: object, score: object, n_bins: int = 200
+) -> float:
+    """Area under the cost curve for binary treatment (ALGORITHMS.md §3); random ranking ~ 0.5.
+
+    Customers are ranked by score (descending); a point (incremental cost, incremental revenue)
+    is recorded whenever the incremental cost passes the next of n_bins equal steps, plus the
+    final point; AUCC = sum of recorded incremental revenues / (total uplift * (n_bins + 1)).
+    """
+    t_raw = np.asarray(treatment)
+    r = np.asarray(revenue, dtype=np.float64)
+    c = np.asarray(cost, dtype=np.float64)
+    s = np.asarray(score, dtype=np.float64)
+    n = len(t_raw)
+    if not (t_raw.ndim == r.ndim == c.ndim == s.ndim == 1 and len(r) == len(c) == len(s) == n > 0):
+        raise ValueError("treatment, revenue, cost and score must be (N,) arrays of equal length")
+    if not np.isin(t_raw, (0, 1)).all():
+        raise ValueError("aucc needs a binary treatment (0 = control, 1 = treated)")
+    if not (np.isfinite(r).all() and np.isfinite(c).all() and np.isfinite(s).all()):
+        raise ValueError("revenue, cost and score must be finite")
+    order = np.argsort(-s, kind="stable")
+    treated = t_raw[order] == 1
+    r, c = r[order], c[order]
+    n_t = max(int(treated.sum()), 1)
+    n_c = int((~treated).sum())
+    if n_c > 0:
+        delta_r = r[treated].mean() - r[~treated].mean()
+        delta_c = c[treated].mean() - c[~treated].mean()
+    else:  # reference code: no control group -> control means 0
+        n_c = 1
+        delta_r, delta_c = r[treated].mean(), c[treated].mean()
+    if delta_r == 0:
+        raise ValueError("AUCC is undefined: treated and control mean revenue are equal")
+    step = delta_c / n_bins
+    inc_c = np.cumsum(np.where(treated, c, 0.0)) / n_t - np.cumsum(np.where(treated, 0.0, c)) / n_c
+    inc_r = np.cumsum(np.where(treated, r, 0.0)) / n_t - np.cumsum(np.where(treated, 0.0, r)) / n_c
+    picked = []
+    prev = -1
+    for j in range(1, n_bins):  # loop over cost quantiles: next row past the j-th step
+        hits = inc_c[prev + 1 :] >= step * j
+        if not hits.any():
+            break
+        idx = prev + 1 + int(np.argmax(hits))
+        if idx >= n - 1:
+            break
+        picked.append(idx)
+        prev = idx
+    picked.append(n - 1)
+    return float(inc_r[picked].sum() / (delta_r * (n_bins + 1)))
