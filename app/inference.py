@@ -1,0 +1,153 @@
+"""OnnxModel: load a model directory, check it against its model.json, predict with onnxruntime."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from app.core.features import FeatureSpec
+from app.errors import InvalidModel
+
+FORMAT_VERSION = 1
+INPUT = "features"
+OUTPUTS = ("revenue", "cost")
+_REQUIRED_KEYS = ("format_version", "version", "method", "treatments", "n_features", "feature_spec")
+# One batch size that is not a "natural" export size, so a graph with a frozen batch fails here.
+_PROBE_ROWS = 3
+
+
+def read_card(directory: Path) -> dict[str, Any]:
+    """model.json as a dict, with the keys the service relies on present."""
+    path = directory / "model.json"
+    if not path.is_file():
+        raise InvalidModel(f"{path} is missing")
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidModel(f"{path} is not readable JSON: {exc}") from None
+    if not isinstance(card, dict):
+        raise InvalidModel(f"{path} must hold a JSON object")
+    missing = [k for k in _REQUIRED_KEYS if k not in card]
+    if missing:
+        raise InvalidModel(f"{path} lacks {missing}")
+    if card["format_version"] != FORMAT_VERSION:
+        raise InvalidModel(f"{path}: format_version {card['format_version']} is not supported")
+    return card
+
+
+def file_sha256(path: Path) -> str:
+    """Fingerprint of the served graph, stored with the version for auditing."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class OnnxModel:
+    """One loaded, checked model version; `predict` is safe to call from many threads."""
+
+    version: str
+    method: str
+    treatments: tuple[str, ...]
+    spec: FeatureSpec
+    card: dict[str, Any]
+    path: Path
+    session: ort.InferenceSession
+
+    @property
+    def n_treatments(self) -> int:
+        return len(self.treatments)
+
+    @classmethod
+    def load(cls, directory: Path, *, threads: int = 1) -> OnnxModel:
+        """Load and check files, graph signature and output shapes against model.json."""
+        card = read_card(directory)
+        onnx_path = directory / "model.onnx"
+        if not onnx_path.is_file():
+            raise InvalidModel(f"{onnx_path} is missing")
+        try:
+            spec = FeatureSpec.from_json(card["feature_spec"])
+        except ValueError as exc:
+            raise InvalidModel(f"{directory}/model.json: {exc}") from None
+        treatments = tuple(str(t) for t in card["treatments"])
+        if len(treatments) < 1:
+            raise InvalidModel(f"{directory}/model.json lists no treatments")
+        if card["n_features"] != spec.n_features:
+            raise InvalidModel(
+                f"{directory}/model.json: n_features {card['n_features']} but the feature spec "
+                f"encodes {spec.n_features}"
+            )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        # Spinning threads burn CPU between requests on a shared machine.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            session = ort.InferenceSession(
+                str(onnx_path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise InvalidModel(f"{onnx_path} does not load: {exc}") from None
+        model = cls(
+            version=str(card["version"]),
+            method=str(card["method"]),
+            treatments=treatments,
+            spec=spec,
+            card=card,
+            path=directory,
+            session=session,
+        )
+        model._check_signature()
+        return model
+
+    def _check_signature(self) -> None:
+        """Input/output names, dtypes and shapes must match the contract and model.json."""
+        where = self.path / "model.onnx"
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        if list(inputs) != [INPUT]:
+            raise InvalidModel(f"{where}: inputs {list(inputs)}, expected [{INPUT!r}]")
+        shape = inputs[INPUT].shape
+        if inputs[INPUT].type != "tensor(float)" or len(shape) != 2:
+            raise InvalidModel(f"{where}: input {INPUT!r} must be float32 [batch, F], got {shape}")
+        if isinstance(shape[1], int) and shape[1] != self.spec.n_features:
+            raise InvalidModel(
+                f"{where}: input width {shape[1]} but model.json has {self.spec.n_features}"
+            )
+        names = {o.name for o in self.session.get_outputs()}
+        if not set(OUTPUTS) <= names:
+            raise InvalidModel(f"{where}: outputs {sorted(names)} lack {list(OUTPUTS)}")
+        declared = self.card.get("outputs", {})
+        probe = np.zeros((_PROBE_ROWS, self.spec.n_features), dtype=np.float32)
+        try:
+            got = self.session.run(list(OUTPUTS), {INPUT: probe})
+        except Exception as exc:
+            raise InvalidModel(f"{where} fails on a probe batch: {exc}") from None
+        want = (_PROBE_ROWS, self.n_treatments)
+        for name, out in zip(OUTPUTS, got, strict=True):
+            if out.shape != want:
+                raise InvalidModel(
+                    f"{where}: output {name!r} has shape {out.shape} for {_PROBE_ROWS} rows, "
+                    f"model.json declares {len(self.treatments)} treatments -> {want}"
+                )
+            spec_shape = declared.get(name)
+            if spec_shape is not None and list(spec_shape)[1:] != [self.n_treatments]:
+                raise InvalidModel(
+                    f"{where}: model.json outputs.{name} = {spec_shape} disagrees with "
+                    f"{self.n_treatments} treatments"
+                )
+
+    def predict(
+        self, features: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """Encoded features (N, F) -> expected revenue (N, K), cost (N, K) as float64."""
+        revenue, cost = self.session.run(list(OUTPUTS), {INPUT: features})
+        return revenue.astype(np.float64), cost.astype(np.float64)

@@ -1,0 +1,102 @@
+"""create_app(settings): the FastAPI application, its lifespan and wiring.
+
+Run with `dfcl serve` or `uvicorn --factory app.main:create_app`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app import errors
+from app.config import Settings
+from app.db import make_engine, make_sessionmaker, prepare_schema
+from app.registry import Registry
+from app.routes import allocations, health, models
+from app.services import models as model_service
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Chooses one marketing treatment per customer under a budget: an ONNX model
+(trained with decision-focused causal learning) predicts revenue and cost per treatment, a
+Lagrangian dual solver picks the assignment, and every allocation is stored for audit.
+Errors are JSON `{"error": ..., "detail": ...}`."""
+
+
+class ServerTiming:
+    """Adds `Server-Timing` (encode, infer, solve, db) once the transaction has committed."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_timing(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                timings = scope.get("state", {}).get("timings_ms")
+                if timings:
+                    value = ", ".join(f"{k};dur={v:.2f}" for k, v in timings.items())
+                    message["headers"] = [*message["headers"], (b"server-timing", value.encode())]
+            await send(message)
+
+        await self.app(scope, receive, send_with_timing)
+
+
+def _load_active(app: FastAPI) -> None:
+    """Load the version the database calls active; a failure leaves the service live, unready."""
+    with app.state.sessionmaker() as session:
+        version = model_service.active_version(session)
+    model = app.state.registry.sync(version)
+    if version is None:
+        log.warning("no model version is active; allocation endpoints answer 503")
+    elif model is None:
+        log.error("%s; allocation endpoints answer 503", app.state.registry.load_error)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Migrate (or refuse), connect, load the active model; dispose the pool on shutdown."""
+    settings: Settings = app.state.settings
+    engine = make_engine(settings)
+    try:
+        prepare_schema(engine, settings)
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        raise RuntimeError(f"cannot prepare the database {engine.url!r}: {exc}") from exc
+    app.state.engine = engine
+    app.state.sessionmaker = make_sessionmaker(engine)
+    app.state.registry = Registry(
+        settings.models_dir,
+        threads=settings.inference_threads,
+        max_loaded=settings.max_loaded_models,
+    )
+    _load_active(app)
+    try:
+        yield
+    finally:
+        engine.dispose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; settings default to the environment (DFCL_*)."""
+    app = FastAPI(
+        title="DFCL allocation service",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings if settings is not None else Settings()
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(allocations.router)
+    app.include_router(models.router)
+    app.add_middleware(ServerTiming)
+    return app

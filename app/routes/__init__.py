@@ -1,0 +1,1 @@
+"""One thin APIRouter per resource."""

@@ -1,0 +1,78 @@
+"""/v1/allocations: create an allocation, list them, read one with its decisions."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+
+from app.deps import RegistryDep, SessionDep, SettingsDep
+from app.schemas import AllocationCreate, AllocationPage, AllocationRead, AllocationSummary
+from app.services import allocations
+
+router = APIRouter(prefix="/v1/allocations", tags=["allocations"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "Unknown allocation or model version"},
+    413: {"description": "More customers than DFCL_MAX_CUSTOMERS"},
+    422: {
+        "description": "Invalid body: budget <= 0, repeated ids, missing/NaN/inf features "
+        "(names the customer), or a budget below the cheapest assignment (gives min_budget)"
+    },
+    503: {"description": "No model is active"},
+}
+
+
+@router.post("", status_code=201, response_model=AllocationRead, responses=_ERRORS)
+def create_allocation(
+    body: AllocationCreate,
+    request: Request,
+    session: SessionDep,
+    registry: RegistryDep,
+    settings: SettingsDep,
+) -> dict[str, Any]:
+    """Choose one treatment per customer so the expected cost stays within the budget."""
+    created = allocations.create(session, registry, body, max_customers=settings.max_customers)
+    request.state.timings_ms = created.timings_ms  # Server-Timing header, added after commit
+    return created.body
+
+
+@router.get("", response_model=AllocationPage)
+def list_allocations(
+    session: SessionDep,
+    settings: SettingsDep,
+    campaign: str | None = None,
+    model_version: str | None = None,
+    created_after: Annotated[datetime | None, Query(description="Inclusive, ISO 8601")] = None,
+    created_before: Annotated[datetime | None, Query(description="Exclusive, ISO 8601")] = None,
+    limit: Annotated[int, Query(ge=1)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> AllocationPage:
+    """Stored allocations, newest first, without their decisions."""
+    rows, next_offset = allocations.list_page(
+        session,
+        campaign=campaign,
+        model_version=model_version,
+        created_after=created_after,
+        created_before=created_before,
+        limit=min(limit, settings.max_page_size),
+        offset=offset,
+    )
+    items = [AllocationSummary.model_validate(r) for r in rows]
+    return AllocationPage(items=items, offset=offset, next_offset=next_offset)
+
+
+@router.get("/{allocation_id}", response_model=AllocationRead, responses={404: _ERRORS[404]})
+def get_allocation(
+    allocation_id: uuid.UUID,
+    session: SessionDep,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1, description="Decisions per page")] = 1000,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    """One allocation with a page of its decisions in request order."""
+    return allocations.get(
+        session, allocation_id, limit=min(limit, settings.max_page_size), offset=offset
+    )

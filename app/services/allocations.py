@@ -1,0 +1,208 @@
+"""Allocation use cases: encode -> predict -> solve -> store, and reading stored allocations."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from time import perf_counter
+from typing import Any, cast
+
+import numpy as np
+from sqlalchemy import Table, insert, select
+from sqlalchemy.orm import Session
+
+from app.core.features import FeatureError
+from app.core.solver import allocate
+from app.errors import InvalidInput, ModelOutputInvalid, NotFound, TooManyCustomers
+from app.inference import OnnxModel
+from app.registry import Registry
+from app.schemas import AllocationCreate, CustomerIn
+from app.services import models
+from app.tables import Allocation, Decision, ModelVersion
+
+_ROW = re.compile(r"\brow (\d+)\b")
+
+
+@dataclass
+class Created:
+    """A stored allocation, the response body and where the time went (ms per stage)."""
+
+    allocation: Allocation
+    body: dict[str, Any]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def _encode(model: OnnxModel, customers: list[CustomerIn]) -> np.ndarray:
+    """Request rows -> float32 (N, F) with the model's own spec; errors name the customer."""
+    try:
+        return model.spec.encode_records([c.features for c in customers])
+    except FeatureError as exc:
+        found = _ROW.search(str(exc))
+        if found is None or int(found.group(1)) >= len(customers):
+            raise InvalidInput(f"features: {exc}") from None
+        row = int(found.group(1))
+        customer = customers[row].id
+        raise InvalidInput(
+            f"customer {customer!r} (customers[{row}]): {exc}", customer_id=customer
+        ) from None
+
+
+def create(
+    session: Session, registry: Registry, body: AllocationCreate, *, max_customers: int
+) -> Created:
+    """Choose one treatment per customer within the budget and store all of it in one go."""
+    n_customers = len(body.customers)
+    if n_customers > max_customers:
+        raise TooManyCustomers(
+            f"{n_customers} customers in one request; the limit is {max_customers} "
+            "(DFCL_MAX_CUSTOMERS): split the request"
+        )
+    model = models.resolve(session, registry, body.model_version)
+    t0 = perf_counter()
+    features = _encode(model, body.customers)  # (N, F)
+    t1 = perf_counter()
+    revenue, cost = model.predict(features)  # (N, K) each
+    t2 = perf_counter()
+    if not (np.isfinite(revenue).all() and np.isfinite(cost).all()):
+        bad = int(np.argmin(np.isfinite(revenue).all(axis=1) & np.isfinite(cost).all(axis=1)))
+        raise ModelOutputInvalid(
+            f"model {model.version} predicted a non-finite value for customer "
+            f"{body.customers[bad].id!r}"
+        )
+    solution = allocate(revenue, cost, body.budget, per_capita=body.per_capita)
+    t3 = perf_counter()
+    rows = np.arange(n_customers)
+    treatment = solution.treatment
+    chosen_revenue = revenue[rows, treatment]  # (N,)
+    chosen_cost = cost[rows, treatment]  # (N,)
+
+    allocation = Allocation(
+        id=uuid.uuid4(),
+        created_at=datetime.now(UTC),
+        campaign=body.campaign,
+        model_version=model.version,
+        budget=body.budget,
+        per_capita=body.per_capita,
+        budget_total=float(solution.budget),
+        multiplier=float(solution.lam),
+        n_customers=n_customers,
+        expected_revenue=float(solution.revenue),
+        expected_cost=float(solution.cost),
+    )
+    session.add(allocation)
+    session.flush()
+    ids = [c.id for c in body.customers]
+    columns = (ids, treatment.tolist(), chosen_revenue.tolist(), chosen_cost.tolist())
+    decision_rows = [
+        {
+            "allocation_id": allocation.id,
+            "position": position,
+            "customer_id": customer_id,
+            "treatment": t,
+            "expected_revenue": r,
+            "expected_cost": c,
+            "propensity": 1.0,
+            "explored": False,
+        }
+        for position, (customer_id, t, r, c) in enumerate(zip(*columns, strict=True))
+    ]
+    # Core insert on the table: one executemany, without per-row ORM bookkeeping (3x faster).
+    session.execute(insert(cast(Table, Decision.__table__)), decision_rows)
+    t4 = perf_counter()
+
+    names = model.treatments
+    decisions = [
+        {
+            "customer_id": customer_id,
+            "treatment": t,
+            "treatment_name": names[t],
+            "expected_revenue": r,
+            "expected_cost": c,
+        }
+        for customer_id, t, r, c in zip(*columns, strict=True)
+    ]
+    timings = {
+        "encode": (t1 - t0) * 1e3,
+        "infer": (t2 - t1) * 1e3,
+        "solve": (t3 - t2) * 1e3,
+        "db": (t4 - t3) * 1e3,
+    }
+    return Created(allocation, _read(allocation, decisions, 0, None), timings)
+
+
+def _read(
+    allocation: Allocation, decisions: list[dict[str, Any]], offset: int, next_offset: int | None
+) -> dict[str, Any]:
+    """Response body of one allocation with a page of its decisions."""
+    return {
+        "id": allocation.id,
+        "created_at": allocation.created_at,
+        "campaign": allocation.campaign,
+        "model_version": allocation.model_version,
+        "budget": allocation.budget,
+        "per_capita": allocation.per_capita,
+        "budget_total": allocation.budget_total,
+        "multiplier": allocation.multiplier,
+        "n_customers": allocation.n_customers,
+        "expected_revenue": allocation.expected_revenue,
+        "expected_cost": allocation.expected_cost,
+        "decisions": decisions,
+        "decisions_offset": offset,
+        "decisions_next_offset": next_offset,
+    }
+
+
+def get(session: Session, allocation_id: uuid.UUID, *, limit: int, offset: int) -> dict[str, Any]:
+    """One stored allocation with decisions[offset:offset+limit] in request order, or 404."""
+    allocation = session.get(Allocation, allocation_id)
+    if allocation is None:
+        raise NotFound(f"allocation {allocation_id} does not exist")
+    version = session.get(ModelVersion, allocation.model_version)
+    names = version.treatments if version is not None else []
+    stmt = (
+        select(Decision)
+        .where(Decision.allocation_id == allocation_id)
+        .order_by(Decision.position)
+        .offset(offset)
+        .limit(limit)
+    )
+    decisions = [
+        {
+            "customer_id": d.customer_id,
+            "treatment": d.treatment,
+            "treatment_name": names[d.treatment] if d.treatment < len(names) else str(d.treatment),
+            "expected_revenue": d.expected_revenue,
+            "expected_cost": d.expected_cost,
+        }
+        for d in session.scalars(stmt)
+    ]
+    end = offset + len(decisions)
+    return _read(allocation, decisions, offset, end if end < allocation.n_customers else None)
+
+
+def list_page(
+    session: Session,
+    *,
+    campaign: str | None,
+    model_version: str | None,
+    created_after: datetime | None,
+    created_before: datetime | None,
+    limit: int,
+    offset: int,
+) -> tuple[list[Allocation], int | None]:
+    """Allocations matching the filters, newest first; returns the page and the next offset."""
+    stmt = select(Allocation)
+    if campaign is not None:
+        stmt = stmt.where(Allocation.campaign == campaign)
+    if model_version is not None:
+        stmt = stmt.where(Allocation.model_version == model_version)
+    if created_after is not None:
+        stmt = stmt.where(Allocation.created_at >= created_after)
+    if created_before is not None:
+        stmt = stmt.where(Allocation.created_at < created_before)
+    stmt = stmt.order_by(Allocation.created_at.desc(), Allocation.id).offset(offset)
+    rows = list(session.scalars(stmt.limit(limit + 1)))  # one extra row says "more exist"
+    more = len(rows) > limit
+    return rows[:limit], (offset + limit if more else None)
