@@ -62,10 +62,10 @@ class Registry:
     def directory(self, version: str) -> Path:
         return self.models_dir / check_version_name(version)
 
-    def get(self, version: str) -> OnnxModel:
-        """A loaded, checked model for `version` (loads it on first use)."""
+    def get(self, version: str, *, reload: bool = False) -> OnnxModel:
+        """A loaded, checked model for `version` (loaded on first use, or again if `reload`)."""
         with self._lock:
-            model = self._loaded.get(version)
+            model = None if reload else self._loaded.get(version)
             if model is not None:
                 self._loaded.move_to_end(version)
                 return model

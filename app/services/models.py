@@ -71,7 +71,7 @@ def activate(session: Session, registry: Registry, version: str) -> ModelVersion
     (InvalidModel) and the current model keeps serving.
     """
     row = get_version(session, version)
-    model = registry.get(version)
+    model = registry.get(version, reload=True)  # re-check the files as they are now
     # Serialise concurrent activations (Postgres); SQLite already has a single writer.
     session.execute(select(ModelVersion.version).with_for_update())
     # Unset first: the partial unique index allows one active row at any moment.
