@@ -58,6 +58,18 @@ def test_eom_ci_covers_truth_across_seeds() -> None:
     assert z.max() < 4.0, z
 
 
+def test_paired_difference_matches_two_eoms_with_smaller_se() -> None:
+    d = _rct(5000, seed=3)
+    a = np.where(d["x"] > 0, 2, 0)
+    b = np.where(d["x"] > 0.5, 1, 0)
+    va, vb = metrics.eom(*_logged(d), a), metrics.eom(*_logged(d), b)
+    diff, se, diff_cost, _ = metrics.eom_difference(*_logged(d), a, b)
+    assert diff == pytest.approx(va.revenue - vb.revenue)
+    assert diff_cost == pytest.approx(va.cost - vb.cost)
+    assert se < np.hypot(va.revenue_se, vb.revenue_se)
+    assert metrics.eom_difference(*_logged(d), a, a)[:2] == (0.0, 0.0)
+
+
 def test_eom_rejects_bad_input() -> None:
     t, r, c, p = _logged(_rct(10))
     with pytest.raises(ValueError, match="propensity must lie in"):
