@@ -177,7 +177,142 @@ def _evaluation_data(data: Path, truth: Path | None, n_treatments: int) -> tuple
 # --- training: train, export (issue 4) -----------------------------------------------------
 
 
+@app.command("train")
+def train_command(
+    method: str = typer.Option(..., "--method", help="tsm-rct, tsm-obs, tsm-pooled, dfcl-pl, "
+                               "dfcl-mer, dfcl-ifd or bi-dfcl"),
+    rct: Path = typer.Option(..., "--rct", help="randomized table (CSV or Parquet)"),
+    obs: Path | None = typer.Option(None, "--obs", help="observational table"),
+    out: Path = typer.Option(..., "--out", help="model directory to write"),
+    config: Path | None = typer.Option(None, "--config", help="TrainConfig JSON file"),
+    seed: int | None = typer.Option(None, "--seed", help="overrides the config's seed"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+) -> None:
+    """Train a model on RCT (+ OBS) data and export model.onnx + model.json to OUT."""
+    from training.cli_support import run_train
+    from training.export import ExportError
+
+    try:
+        desc = run_train(method, rct, obs, out, config, seed, progress=not quiet)
+    except (ValueError, ExportError) as exc:
+        fail(str(exc))
+        return
+    typer.echo(
+        f"model {desc['version']} ({desc['method']}) written to {out}: validation EOM area "
+        f"{desc['validation']['eom_area']:.4f}, trained in {desc['training_seconds']:.1f} s"
+    )
+
+
+@app.command("export")
+def export_command(
+    checkpoint_dir: Path = typer.Argument(..., help="model directory holding checkpoint.pt"),
+) -> None:
+    """Re-export model.onnx + model.json from a training checkpoint (parity-checked)."""
+    from training.cli_support import run_export
+    from training.export import ExportError
+
+    try:
+        desc = run_export(checkpoint_dir)
+    except (ValueError, ExportError) as exc:
+        fail(str(exc))
+        return
+    typer.echo(f"model {desc['version']} ({desc['method']}) exported to {checkpoint_dir}")
+
+
+
 # --- service: serve, models register/list/activate, demo (issue 5) --------------------------
+
+from collections.abc import Iterator as _Iterator  # noqa: E402
+from contextlib import contextmanager as _contextmanager  # noqa: E402
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default: DFCL_HOST, else 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: DFCL_PORT, else 8000).")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+) -> None:
+    """Start the allocation service (uvicorn); everything else comes from DFCL_* variables."""
+    import uvicorn
+
+    from app.config import Settings
+
+    settings = Settings()
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers,
+        log_level=settings.log_level,
+    )
+
+
+@_contextmanager
+def _registry_transaction() -> _Iterator[tuple[Any, Any]]:
+    """(session, registry) on the configured database, migrated; commits at the end."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from app.config import Settings
+    from app.db import SchemaNotReady, make_engine, make_sessionmaker, prepare_schema
+    from app.errors import DomainError
+    from app.registry import Registry
+
+    settings = Settings()
+    engine = make_engine(settings)
+    try:
+        prepare_schema(engine, settings)
+        with make_sessionmaker(engine)() as session, session.begin():
+            yield session, Registry(settings.models_dir, threads=settings.inference_threads)
+    except (DomainError, SchemaNotReady) as exc:
+        fail(str(exc))
+    except SQLAlchemyError as exc:
+        fail(f"database {engine.url!r}: {type(exc).__name__}: {exc}".splitlines()[0])
+    finally:
+        engine.dispose()
+
+
+def _print_version(row: Any) -> None:
+    state = "active" if row.is_active else "inactive"
+    typer.echo(f"{row.version}\t{row.method}\t{len(row.treatments)} treatments\t{state}")
+
+
+@models_app.command("register")
+def models_register(
+    directory: Annotated[Path, typer.Argument(help="Directory with model.onnx + model.json.")],
+    activate: Annotated[bool, typer.Option(help="Also make it the active version.")] = False,
+) -> None:
+    """Check a model directory, copy it to DFCL_MODELS_DIR/<version>/ and record it."""
+    from app.services import models
+
+    with _registry_transaction() as (session, registry):
+        row = models.register(session, registry, directory)
+        if activate:
+            row = models.activate(session, registry, row.version)
+    _print_version(row)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Registered versions, newest first."""
+    from app.services import models
+
+    with _registry_transaction() as (session, _):
+        rows = models.list_versions(session)
+        for row in rows:
+            _print_version(row)
+    if not rows:
+        typer.echo("no model versions registered (dfcl models register DIR)")
+
+
+@models_app.command("activate")
+def models_activate(version: Annotated[str, typer.Argument(help="A registered version.")]) -> None:
+    """Check and activate a version; running services switch on their next request."""
+    from app.services import models
+
+    with _registry_transaction() as (session, registry):
+        row = models.activate(session, registry, version)
+    _print_version(row)
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -91,9 +92,52 @@ def make_engine(settings: Settings) -> Engine:
     )
 
 
+class WriteGate:
+    """Queues this process's writers on a lock when the database allows a single writer.
+
+    SQLite's own busy handler retries after sleeps of up to 100 ms, so under concurrent writes
+    a waiter can lose many rounds (seconds of tail latency); a lock hands over at once. The
+    gate is taken just before a transaction's first write and released when it ends.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self._lock = threading.Lock() if enabled else None
+
+    def enter(self, session: Session) -> None:
+        if self._lock is not None and not session.info.get(_GATE_HELD):
+            self._lock.acquire()
+            session.info[_GATE_HELD] = True
+
+    def leave(self, session: Session) -> None:
+        if self._lock is not None and session.info.pop(_GATE_HELD, False):
+            self._lock.release()
+
+
+_GATE = "write_gate"
+_GATE_HELD = "write_gate_held"
+
+
+def begin_write(session: Session) -> None:
+    """Call before a transaction's first write (see WriteGate)."""
+    gate = session.info.get(_GATE)
+    if gate is not None:
+        gate.enter(session)
+
+
+def end_write(session: Session, *_: Any) -> None:
+    """Release the write gate once the transaction committed or rolled back."""
+    gate = session.info.get(_GATE)
+    if gate is not None:
+        gate.leave(session)
+
+
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     """Sessions whose objects stay readable after commit (responses are built after it)."""
-    return sessionmaker(engine, expire_on_commit=False)
+    gate = WriteGate(enabled=engine.dialect.name == "sqlite")
+    factory = sessionmaker(engine, expire_on_commit=False, info={_GATE: gate})
+    event.listen(factory, "after_commit", end_write)
+    event.listen(factory, "after_rollback", end_write)
+    return factory
 
 
 def find_migrations(settings: Settings) -> Path:

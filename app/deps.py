@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from time import perf_counter
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.db import end_write
 from app.registry import Registry
 
 
@@ -25,10 +27,16 @@ def get_session(request: Request) -> Iterator[Session]:
     with request.app.state.sessionmaker() as session:
         try:
             yield session
+            started = perf_counter()
             session.commit()
+            timings = getattr(request.state, "timings_ms", None)
+            if timings is not None:  # allocation requests report the commit in Server-Timing
+                timings["commit"] = (perf_counter() - started) * 1e3
         except Exception:
             session.rollback()
             raise
+        finally:
+            end_write(session)  # never keep the write gate past the request
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from app.core.features import FeatureError
 from app.core.solver import allocate
+from app.db import begin_write
 from app.errors import InvalidInput, ModelOutputInvalid, NotFound, TooManyCustomers
 from app.inference import OnnxModel
 from app.registry import Registry
@@ -47,6 +48,42 @@ def _encode(model: OnnxModel, customers: list[CustomerIn]) -> np.ndarray:
         raise InvalidInput(
             f"customer {customer!r} (customers[{row}]): {exc}", customer_id=customer
         ) from None
+
+
+_DECISION_COLUMNS = (
+    "allocation_id",
+    "position",
+    "customer_id",
+    "treatment",
+    "expected_revenue",
+    "expected_cost",
+    "propensity",
+    "explored",
+)
+
+
+def _insert_decisions(
+    session: Session,
+    allocation_id: uuid.UUID,
+    columns: tuple[list[str], list[int], list[float], list[float]],
+) -> None:
+    """Write all N decision rows in one bulk operation (never a per-row ORM loop).
+
+    PostgreSQL: COPY, about twice as fast as a multi-row INSERT at 10k rows; elsewhere one
+    executemany of a core insert (no ORM bookkeeping, 3x faster than ORM bulk insert).
+    """
+    rows = zip(*columns, strict=True)
+    if session.get_bind().dialect.name == "postgresql":
+        cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+        with cursor.copy(f"COPY decisions ({', '.join(_DECISION_COLUMNS)}) FROM STDIN") as copy:
+            for position, (customer_id, t, r, c) in enumerate(rows):
+                copy.write_row((allocation_id, position, customer_id, t, r, c, 1.0, False))
+        return
+    values = [
+        dict(zip(_DECISION_COLUMNS, (allocation_id, position, *row, 1.0, False), strict=True))
+        for position, row in enumerate(rows)
+    ]
+    session.execute(insert(cast(Table, Decision.__table__)), values)
 
 
 def create(
@@ -91,27 +128,9 @@ def create(
         expected_revenue=float(solution.revenue),
         expected_cost=float(solution.cost),
     )
-    session.add(allocation)
-    session.flush()
+    # Response first, writes last: the write transaction (SQLite: the write lock) stays short.
     ids = [c.id for c in body.customers]
     columns = (ids, treatment.tolist(), chosen_revenue.tolist(), chosen_cost.tolist())
-    decision_rows = [
-        {
-            "allocation_id": allocation.id,
-            "position": position,
-            "customer_id": customer_id,
-            "treatment": t,
-            "expected_revenue": r,
-            "expected_cost": c,
-            "propensity": 1.0,
-            "explored": False,
-        }
-        for position, (customer_id, t, r, c) in enumerate(zip(*columns, strict=True))
-    ]
-    # Core insert on the table: one executemany, without per-row ORM bookkeeping (3x faster).
-    session.execute(insert(cast(Table, Decision.__table__)), decision_rows)
-    t4 = perf_counter()
-
     names = model.treatments
     decisions = [
         {
@@ -123,11 +142,18 @@ def create(
         }
         for customer_id, t, r, c in zip(*columns, strict=True)
     ]
+    t4 = perf_counter()
+    begin_write(session)
+    session.add(allocation)
+    session.flush()
+    _insert_decisions(session, allocation.id, columns)
+    t5 = perf_counter()
     timings = {
         "encode": (t1 - t0) * 1e3,
         "infer": (t2 - t1) * 1e3,
         "solve": (t3 - t2) * 1e3,
-        "db": (t4 - t3) * 1e3,
+        "respond": (t4 - t3) * 1e3,
+        "db": (t5 - t4) * 1e3,
     }
     return Created(allocation, _read(allocation, decisions, 0, None), timings)
 

@@ -54,7 +54,8 @@ def test_allocation_respects_budget_and_is_stored(client: TestClient, customers:
 def test_timings_header_splits_the_work(client: TestClient, customers: Any) -> None:
     r = client.post("/v1/allocations", json={"budget": 50.0, "customers": customers(50)})
     stages = dict(part.strip().split(";dur=") for part in r.headers["server-timing"].split(","))
-    assert set(stages) == {"encode", "infer", "solve", "db"}
+    assert set(stages) == {"encode", "infer", "solve", "respond", "db", "commit", "total"}
+    assert float(stages["total"]) >= sum(float(v) for k, v in stages.items() if k != "total")
     assert all(float(v) >= 0 for v in stages.values())
 
 
