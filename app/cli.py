@@ -228,8 +228,8 @@ from contextlib import contextmanager as _contextmanager  # noqa: E402
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Bind address (default: DFCL_HOST, else 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default: DFCL_PORT, else 8000).")] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default: DFCL_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: DFCL_PORT).")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
 ) -> None:
     """Start the allocation service (uvicorn); everything else comes from DFCL_* variables."""
