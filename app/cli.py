@@ -315,6 +315,54 @@ def models_activate(version: Annotated[str, typer.Argument(help="A registered ve
     _print_version(row)
 
 
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where data and training runs go.")] = Path("demo"),
+    method: Annotated[str, typer.Option(help="Training method (falls back if missing).")] = (
+        "bi-dfcl"
+    ),
+    n_obs: Annotated[int, typer.Option(min=1, help="Observational rows.")] = 50_000,
+    n_rct: Annotated[int, typer.Option(min=1, help="Randomized rows.")] = 10_000,
+    n_test: Annotated[int, typer.Option(min=1, help="Randomized test rows.")] = 10_000,
+    config: Annotated[Path | None, typer.Option(help="TrainConfig JSON overrides.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for data and training.")] = 0,
+    serve_after: Annotated[bool, typer.Option("--serve/--no-serve", help="Start the service.")] = (
+        True
+    ),
+) -> None:
+    """Simulate data, train (Bi-DFCL), register + activate the model, print curl, serve."""
+    from app.config import Settings
+    from app.db import SchemaNotReady
+    from app.errors import DomainError
+    from app.services import demo as demo_service
+
+    overrides: dict[str, Any] = {}
+    if config is not None:
+        try:
+            overrides = json.loads(config.read_text())
+        except (OSError, ValueError) as exc:
+            fail(f"config {config}: {exc}")
+    settings = Settings()
+    try:
+        result = demo_service.run(
+            settings,
+            workdir,
+            method=method,
+            config=overrides,
+            sizes=(n_obs, n_rct, n_test),
+            seed=seed,
+            say=typer.echo,
+        )
+    except (DomainError, SchemaNotReady, ValueError, RuntimeError, OSError) as exc:
+        fail(str(exc))
+        return
+    typer.echo(f"\nmodel {result.version} ({result.method}) is active. Try it:\n")
+    typer.echo(result.curl + "\n")
+    if serve_after:
+        typer.echo(f"starting the service on {settings.database_url} (Ctrl+C stops it)")
+        serve(host=None, port=None, workers=1)
+
 def main() -> None:
     app()
 

@@ -1,0 +1,132 @@
+"""`dfcl demo`: simulated data -> trained model -> registered and active -> curl example.
+
+Training needs the `train` extra (torch); it is imported inside `train_model` only, so the
+service itself never loads it.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.config import Settings
+from app.db import make_engine, make_sessionmaker, prepare_schema
+from app.registry import Registry
+from app.services import models
+
+# Most faithful first: Bi-DFCL, then DFCL with its own decision loss, then the two-stage model.
+PREFERRED_METHODS = ("bi-dfcl", "dfcl-ifd", "tsm-rct")
+EXAMPLE_CUSTOMERS = 3
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    data_dir: Path
+    model_dir: Path
+    version: str
+    method: str
+    curl: str
+
+
+def simulate_data(out: Path, *, n_obs: int, n_rct: int, n_test: int, seed: int) -> Path:
+    """Simulated campaign (RCT + biased OBS + randomized test with ground truth)."""
+    from training.data.simulator import simulate
+
+    return simulate(n_obs=n_obs, n_rct=n_rct, n_test=n_test, seed=seed).write(out)
+
+
+def available_methods() -> list[str]:
+    """Methods the installed training package knows, in PREFERRED_METHODS order."""
+    from training.config import METHODS
+
+    return [m for m in PREFERRED_METHODS if m in METHODS]
+
+
+def train_model(
+    data: Path, out: Path, method: str, config: dict[str, Any], say: Callable[[str], None]
+) -> dict[str, Any]:
+    """Train `method` (falling back down PREFERRED_METHODS if it is unavailable) and export.
+
+    Only a missing implementation (ImportError / NotImplementedError) triggers the fallback,
+    and it is announced; any other failure is an error.
+    """
+    from training.cli_support import run_train
+
+    methods = [method, *[m for m in available_methods() if m != method]]
+    config_path = out / "train-config.json"
+    last: Exception | None = None
+    for candidate in methods:
+        if candidate != method:
+            say(f"method {method!r} is not available ({last}); training {candidate!r} instead")
+        out.mkdir(parents=True, exist_ok=True)
+        config_path.write_text(json.dumps({**config, "method": candidate}))
+        try:
+            return run_train(
+                candidate, data / "rct.parquet", data / "obs.parquet", out / candidate, config_path
+            )
+        except (ImportError, NotImplementedError) as exc:
+            last = exc
+    raise RuntimeError(f"no training method is available: {last}")
+
+
+def register_and_activate(settings: Settings, model_dir: Path) -> str:
+    """Copy the exported model into the registry and make it active (one transaction)."""
+    engine = make_engine(settings)
+    try:
+        prepare_schema(engine, settings)
+        with make_sessionmaker(engine)() as session, session.begin():
+            registry = Registry(settings.models_dir, threads=settings.inference_threads)
+            row = models.register(session, registry, model_dir)
+            models.activate(session, registry, row.version)
+            return row.version
+    finally:
+        engine.dispose()
+
+
+def example_body(data: Path, n: int = EXAMPLE_CUSTOMERS) -> dict[str, Any]:
+    """A request built from the first test customers' raw features, with a modest budget."""
+    import pandas as pd
+
+    info = json.loads((data / "dataset.json").read_text())
+    frame = pd.read_parquet(data / "test.parquet", columns=info["features"]).head(n)
+    records = json.loads(frame.to_json(orient="records"))
+    customers = [{"id": f"customer-{i + 1}", "features": r} for i, r in enumerate(records)]
+    return {"budget": 0.5 * n, "campaign": "demo", "customers": customers}  # binds: < max spend
+
+
+def curl_example(settings: Settings, body: dict[str, Any], host: str, port: int) -> str:
+    """A ready-to-paste command for the running service."""
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/v1/allocations"
+    return (
+        f"curl -s -X POST {url} \\\n  -H 'content-type: application/json' \\\n"
+        f"  -d {shlex.quote(json.dumps(body))}"
+    )
+
+
+def run(
+    settings: Settings,
+    workdir: Path,
+    *,
+    method: str,
+    config: dict[str, Any],
+    sizes: tuple[int, int, int],
+    seed: int,
+    say: Callable[[str], None],
+) -> DemoResult:
+    """Everything up to (not including) starting the server."""
+    n_obs, n_rct, n_test = sizes
+    data = workdir / "data"
+    say(f"1/3 simulating a campaign into {data} ({n_obs} OBS, {n_rct} RCT, {n_test} test rows)")
+    simulate_data(data, n_obs=n_obs, n_rct=n_rct, n_test=n_test, seed=seed)
+    say(f"2/3 training {method} (this is the slow step)")
+    card = train_model(data, workdir / "runs", method, {**config, "seed": seed}, say)
+    model_dir = workdir / "runs" / card["method"]
+    say(f"    trained {card['method']}: validation EOM area {card['validation']['eom_area']:.4f}")
+    version = register_and_activate(settings, model_dir)
+    say(f"3/3 registered and activated {version} in {settings.models_dir}")
+    curl = curl_example(settings, example_body(data), settings.host, settings.port)
+    return DemoResult(data, model_dir, version, card["method"], curl)
