@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     max_customers: int = Field(
         default=10_000, ge=1, description="Most customers in one allocation (413)."
     )
+    max_body_bytes: int = Field(
+        default=32 * 1024 * 1024, ge=1024, description="Largest request body (413 above)."
+    )
     max_page_size: int = Field(
         default=1_000, ge=1, description="Largest `limit` on list endpoints."
     )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.core.features import FeatureError
 from app.core.solver import InfeasibleBudget
@@ -85,8 +87,17 @@ def render_validation(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, 422)
 
 
+def render_http(request: Request, exc: Exception) -> JSONResponse:
+    """Framework errors (unknown route, body too large, ...) in the same {error, detail} shape."""
+    assert isinstance(exc, StarletteHTTPException)
+    error = HTTPStatus(exc.status_code).phrase.title().replace(" ", "").replace("-", "")
+    body = {"error": error, "detail": str(exc.detail)}
+    return JSONResponse(body, exc.status_code, headers=exc.headers)
+
+
 def install(app: Any) -> None:
     """Register the handlers on a FastAPI app."""
+    app.add_exception_handler(StarletteHTTPException, render_http)
     app.add_exception_handler(DomainError, render)
     for exc_type in CORE_STATUS:
         app.add_exception_handler(exc_type, render)

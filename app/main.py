@@ -99,13 +99,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; settings default to the environment (DFCL_*)."""
+    settings = settings if settings is not None else Settings()
     app = FastAPI(
         title="DFCL allocation service",
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        max_body_size=settings.max_body_bytes,
     )
-    app.state.settings = settings if settings is not None else Settings()
+    app.state.settings = settings
     errors.install(app)
     app.include_router(health.router)
     app.include_router(allocations.router)

@@ -169,6 +169,22 @@ def test_too_many_customers_is_413(client: TestClient, customers: Any) -> None:
     assert "2001" in r.json()["detail"] and "2000" in r.json()["detail"]
 
 
+def test_body_too_large_is_413(settings: Any) -> None:
+    small = settings.model_copy(update={"max_body_bytes": 4096})
+    with TestClient(create_app(small)) as client:
+        r = client.post(
+            "/v1/allocations", content=b"x" * 5000, headers={"content-type": "application/json"}
+        )
+    assert r.status_code == 413  # refused while streaming, before any JSON parsing
+
+
+def test_unknown_route_uses_error_shape(client: TestClient) -> None:
+    r = client.get("/v1/nothing")
+    assert r.status_code == 404 and r.json() == {"error": "NotFound", "detail": "Not Found"}
+    r = client.delete("/v1/allocations")
+    assert r.status_code == 405 and r.json()["error"] == "MethodNotAllowed"
+
+
 def test_empty_and_malformed_bodies(client: TestClient, customers: Any) -> None:
     assert client.post("/v1/allocations", json={"budget": 1.0, "customers": []}).status_code == 422
     r = client.post("/v1/allocations", json={"budget": 1.0, "customers": customers(1), "x": 1})
