@@ -132,3 +132,30 @@ def test_openapi_lists_v1_endpoints_with_examples(bare_client: TestClient) -> No
     create = spec["components"]["schemas"]["AllocationCreate"]
     assert create["examples"][0]["customers"][0]["features"]
     assert {"413", "422", "503"} <= set(spec["paths"]["/v1/allocations"]["post"]["responses"])
+
+
+def test_concurrent_allocations_during_activation(
+    client: TestClient, model_sources: dict[str, Path], customers: Any
+) -> None:
+    """Allocations from several threads while the active model changes: none fails or is lost."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client.post("/v1/models", json={"path": str(model_sources["v2"])})
+
+    def allocate(i: int) -> tuple[int, str, int]:
+        body = {"budget": 20.0, "campaign": "load", "customers": customers(30, seed=i)}
+        r = client.post("/v1/allocations", json=body)
+        out = r.json()
+        return r.status_code, out.get("model_version", ""), len(out.get("decisions", []))
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        first = [pool.submit(allocate, i) for i in range(12)]
+        assert client.post("/v1/models/tiny-v2/activate").status_code == 200
+        second = [pool.submit(allocate, i) for i in range(12, 24)]
+        results = [f.result() for f in first + second]
+    assert all(status == 201 and n == 30 for status, _, n in results)
+    assert {version for _, version, _ in results} <= {"tiny-v1", "tiny-v2"}
+    assert all(version == "tiny-v2" for _, version, _ in results[12:])  # sent after the swap
+    stored = client.get("/v1/allocations", params={"campaign": "load", "limit": 100}).json()
+    assert len(stored["items"]) == 24
+    assert all(item["n_customers"] == 30 for item in stored["items"])
