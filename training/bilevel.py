@@ -33,29 +33,33 @@ def flatten(tensors: Sequence[Tensor]) -> Tensor:
 def conjugate_gradient(
     matvec: Callable[[Tensor], Tensor], b: Tensor, n_iter: int, tol: float = 1e-10
 ) -> CGResult:
-    """Solve A x = b for SPD A given only x -> A x (Alg 4, x0 = 0); stops on negative curvature."""
+    """Solve A x = b for SPD A given only x -> A x (Alg 4, x0 = 0).
+
+    Safeguards for an indefinite A (§5.3): stop on non-positive curvature and return the iterate
+    with the smallest residual seen, so a diverging run cannot return garbage.
+    """
     x = torch.zeros_like(b)
     r = b.clone()
     p = r.clone()
     rs = r @ r
     b_norm = float(b.norm()) or 1.0
-    done = 0
-    for done in range(1, n_iter + 1):
+    best = (float(rs.sqrt()), x, 0)
+    for it in range(1, n_iter + 1):
         ap = matvec(p)
         curvature = p @ ap
-        if curvature <= 0:  # indefinite H: keep the last iterate (§5.3 damping note)
-            done -= 1
+        if curvature <= 0:
             break
         alpha = rs / curvature
         x = x + alpha * p
         r = r - alpha * ap
         rs_new = r @ r
+        if float(rs_new.sqrt()) < best[0]:
+            best = (float(rs_new.sqrt()), x, it)
         if float(rs_new.sqrt()) < tol * b_norm:
-            rs = rs_new
             break
         p = r + (rs_new / rs) * p
         rs = rs_new
-    return CGResult(x=x, iterations=done, relative_residual=float(rs.sqrt()) / b_norm)
+    return CGResult(x=best[1], iterations=best[2], relative_residual=best[0] / b_norm)
 
 
 def assumed_steps(

@@ -30,6 +30,9 @@ class TrainConfig:
     # optimisation shared by all methods
     epochs: int = 30  # main-phase epochs (after warm start)
     batch_size: int = 512
+    steps_per_epoch: int = (
+        0  # 0: one pass over the phase's data; >0: that many batches (reshuffled)
+    )
     lr: float = 1e-3
     weight_decay: float = 1e-5
     # RCT validation split used for model selection by budget-curve area
@@ -52,9 +55,9 @@ class TrainConfig:
     meta_grad: str = "implicit"
     upper_every: int = 5  # upper-level step every k-th OBS batch
     assumed_steps: int = 5  # k assumed SGD steps approximating theta*
-    assumed_lr: float = 0.05
+    assumed_lr: float = 0.005  # plain SGD; must stay below 2 / lambda_max(H) (~1e2 measured)
     n_cg: int = 10
-    cg_damping: float = 1e-2
+    cg_damping: float = 0.1
     cg_tol: float = 1e-8
     bridge_lr: float = 1e-3
     teacher_epochs: int = 30
@@ -70,6 +73,7 @@ class TrainConfig:
             (self.ppl_reward in get_args(Reward), f"ppl_reward: bad value {self.ppl_reward!r}"),
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.batch_size >= 2, "batch_size must be >= 2"),
+            (self.steps_per_epoch >= 0, "steps_per_epoch must be >= 0"),
             (0.0 < self.val_fraction < 1.0, "val_fraction must be in (0, 1)"),
             (self.n_budgets >= 2, "n_budgets must be >= 2"),
             (

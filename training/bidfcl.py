@@ -1,0 +1,185 @@
+"""Bi-DFCL training phase (ALGORITHMS.md §5.4): bridge pseudo-labels, assumed steps, meta-gradient.
+
+Lower level (every OBS batch): Adam on the target with factual labels + gated pseudo-labels.
+Upper level (every k-th batch): k assumed SGD steps give theta'; the decision loss (PPL by
+default) on a large RCT batch at the training budget gives g; the bridge moves along
+-X^T H^-1 g (implicit, CG) or the gradient through the unrolled steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.func import functional_call
+from tqdm import tqdm
+
+from training import bilevel, losses
+from training.config import TrainConfig
+from training.evaluation import Split, lam_at_budget
+from training.nets import BridgeNet, OutcomeNet
+
+if TYPE_CHECKING:
+    from training.train import Trainer
+
+
+@dataclass(frozen=True)
+class UpperInfo:
+    """What one bridge update did (for the progress bar and history)."""
+
+    upper_loss: float
+    cg_residual: float
+    applied: bool
+
+
+class BiLevel:
+    """Target, bridge and frozen teacher outputs on OBS, with the two levels' losses."""
+
+    def __init__(
+        self, cfg: TrainConfig, net: OutcomeNet, bridge: BridgeNet, teacher: OutcomeNet,
+        obs: Split, dual_lambdas: Sequence[float] = (),
+    ) -> None:  # fmt: skip
+        self.cfg, self.net, self.bridge, self.obs = cfg, net, bridge, obs
+        with torch.no_grad():
+            self.teacher_rev, self.teacher_cost = teacher(obs.x)  # (N_obs, K), fixed
+        self.theta_names = [n for n, _ in net.named_parameters()]
+        self.phi_names = [n for n, _ in bridge.named_parameters()]
+        self.dual_lambdas = list(dual_lambdas)
+        self.bridge_opt = torch.optim.Adam(bridge.parameters(), lr=cfg.bridge_lr)
+
+    def predict(self, theta: Sequence[Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
+        """Target outputs with the given parameters (B, K) each."""
+        return functional_call(self.net, dict(zip(self.theta_names, theta, strict=True)), (x,))
+
+    def lower(self, idx: Tensor) -> bilevel.LowerLoss:
+        """L_low(theta, phi) on OBS rows idx; the target part of the labels is a snapshot (§8.2)."""
+        obs, net = self.obs, self.net
+        x, t, r, c = obs.x[idx], obs.treatment[idx], obs.revenue[idx], obs.cost[idx]
+        t_rev, t_cost = self.teacher_rev[idx], self.teacher_cost[idx]
+        with torch.no_grad():
+            snap_rev, snap_cost = net(x)
+
+        def loss(theta: Sequence[Tensor], phi: Sequence[Tensor]) -> Tensor:
+            params = dict(zip(self.phi_names, phi, strict=True))
+            w_rev, w_cost = functional_call(self.bridge, params, (x,))
+            rev_cf = w_rev * t_rev + (1 - w_rev) * snap_rev
+            cost_cf = w_cost * t_cost + (1 - w_cost) * snap_cost
+            rev_hat, cost_hat = self.predict(theta, x)
+            return losses.lower_level_loss(
+                rev_hat, cost_hat, t, r, c, rev_cf, cost_cf, net.revenue_scale, net.cost_scale
+            )
+
+        return loss
+
+    def upper(self, theta: Sequence[Tensor], batch: Split, lam: float) -> Tensor:
+        """Decision loss on an RCT batch at lambda*, in revenue-scale units (§5.1)."""
+        cfg = self.cfg
+        rev_hat, cost_hat = self.predict(theta, batch.x)
+        args = (rev_hat, cost_hat, batch.treatment, batch.revenue, batch.cost, batch.propensity)
+        if cfg.upper_loss == "ppl":
+            loss = losses.ppl_loss(*args, lam, cfg.ppl_tau, cfg.ppl_reward)
+        elif cfg.upper_loss == "pifd":
+            loss = losses.pifd_loss(*args, lam, cfg.ppl_tau, cfg.pifd_h, cfg.ppl_reward)
+        elif cfg.upper_loss == "dpl":
+            loss = losses.mer_loss(*args, self.dual_lambdas, cfg.pl_tau)
+        else:  # difd: PIFD with the dual reward at each fixed multiplier
+            loss = rev_hat.new_zeros(())
+            for m in self.dual_lambdas:
+                loss = loss + losses.pifd_loss(*args, m, cfg.ppl_tau, cfg.pifd_h, "dual")
+        return loss / self.net.revenue_scale
+
+    def lam_star(self, theta: Sequence[Tensor], batch: Split, budget: float) -> float:
+        """Mode-E lambda* of the predictions at theta on the RCT batch (§1, §8.6)."""
+        with torch.no_grad():
+            rev_hat, cost_hat = self.predict(theta, batch.x)
+        return lam_at_budget(rev_hat.numpy(), cost_hat.numpy(), batch, budget)
+
+    def upper_step(self, idx: Tensor, batch: Split, budget: float) -> UpperInfo:
+        """One bridge update from OBS rows idx and an RCT batch (Alg 1 upper level)."""
+        cfg = self.cfg
+        lower = self.lower(idx)
+        theta = [p.detach() for p in self.net.parameters()]
+        phi = list(self.bridge.parameters())
+        theta_k = bilevel.assumed_steps(lower, theta, phi, cfg.assumed_steps, cfg.assumed_lr)
+        lam = self.lam_star(theta_k, batch, budget)
+        residual = 0.0
+        if cfg.meta_grad == "implicit":
+            up = self.upper(theta_k, batch, lam)
+            g = torch.autograd.grad(up, theta_k)
+            grads, cg = bilevel.implicit_meta_grad(
+                lower, g, theta_k, phi, cfg.n_cg, cfg.cg_damping, cfg.cg_tol
+            )
+            residual, applied = cg.relative_residual, cg.iterations > 0
+        else:
+            up = self.upper(theta_k, batch, lam).detach()
+            grads = bilevel.unrolled_meta_grad(
+                lower, lambda th: self.upper(th, batch, lam), theta, phi,
+                cfg.assumed_steps, cfg.assumed_lr,
+            )  # fmt: skip
+            applied = True
+        # skip when CG met negative curvature at once (indefinite H) or values are not finite
+        applied = applied and all(bool(torch.isfinite(g_).all()) for g_ in grads)
+        if applied:
+            self.bridge_opt.zero_grad()
+            for p, g_ in zip(phi, grads, strict=True):
+                p.grad = g_.detach()
+            self.bridge_opt.step()
+        return UpperInfo(up.item(), residual, applied)
+
+
+def _pretrain(run: Trainer) -> tuple[OutcomeNet, OutcomeNet]:
+    """Teacher on RCT (arm-balanced loss, best validation epoch, frozen); warm-started target."""
+    cfg = run.cfg
+    teacher = run.outcome_net(run.train, 1)
+    run.prediction_epochs(teacher, run.train, cfg.teacher_epochs, True, "teacher", select=True)
+    assert run.best[1] is not None and run.obs is not None
+    teacher.load_state_dict(run.best[1])
+    teacher.requires_grad_(False)
+    run.best = (-np.inf, None)  # selection restarts for the target network
+    pooled = run.train.concat(run.obs)
+    net = run.outcome_net(pooled, 0)
+    run.prediction_epochs(net, pooled, cfg.warm_start_epochs, False, "warm-start", select=False)
+    return teacher, net
+
+
+def train_bidfcl(run: Trainer) -> OutcomeNet:
+    """Teacher pretraining, warm start, then the bi-level phase; returns the target network."""
+    cfg, rct, obs = run.cfg, run.train, run.obs
+    assert obs is not None
+    teacher, net = _pretrain(run)
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed + 2)
+        bridge = BridgeNet(obs.x.shape[1], run.k, tuple(cfg.hidden))
+    bridge.fit_scales(obs.x)
+    dual = run.dual_lambdas(net) if cfg.upper_loss in ("dpl", "difd") else []
+    bi = BiLevel(cfg, net, bridge, teacher, obs, dual)
+    opt = run.optimizer(net, cfg.lr)
+    bar = tqdm(range(cfg.epochs), desc="bi-dfcl", disable=not cfg.extra.get("progress", True))
+    step = 0
+    for _ in bar:
+        lows: list[float] = []
+        infos: list[UpperInfo] = []
+        for idx in run.batches(len(obs)):
+            if step % cfg.upper_every == 0:
+                rows = torch.randperm(len(rct), generator=run.gen)[: cfg.rct_upper_batch]
+                infos.append(bi.upper_step(idx, rct.subset(rows), run.budget))
+            loss = bi.lower(idx)(list(net.parameters()), [p.detach() for p in bridge.parameters()])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            lows.append(loss.item())
+            step += 1
+        logs = {
+            "lower_loss": float(np.mean(lows)),
+            "upper_loss": float(np.mean([i.upper_loss for i in infos])) if infos else np.nan,
+            "cg_residual": float(np.mean([i.cg_residual for i in infos])) if infos else np.nan,
+            "upper_skipped": float(sum(not i.applied for i in infos)),
+        }
+        area = run.evaluate(net, "bi-dfcl", logs, select=True)
+        bar.set_postfix(low=f"{logs['lower_loss']:.3f}", up=f"{logs['upper_loss']:.4f}",
+                        val_area=f"{area:.4f}")  # fmt: skip
+    return net

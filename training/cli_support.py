@@ -1,0 +1,66 @@
+"""What `dfcl train` and `dfcl export` do, kept out of app/cli.py so the CLI stays thin."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from training.config import TrainConfig
+from training.data import load_table
+from training.export import export, export_checkpoint, save_checkpoint
+
+
+def _dataset_info(rct_path: Path) -> dict[str, Any]:
+    """dataset.json beside the RCT file (treatment names, feature list), if there is one."""
+    info_path = rct_path.parent / "dataset.json"
+    if not info_path.is_file():
+        return {}
+    try:
+        info = json.loads(info_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{info_path}: not valid JSON ({exc})") from None
+    return info if isinstance(info, dict) else {}
+
+
+def build_config(method: str, config_path: Path | None, seed: int | None) -> TrainConfig:
+    """Config file (or defaults), with --method and --seed from the command line on top."""
+    cfg = TrainConfig.load(config_path) if config_path is not None else TrainConfig()
+    changes: dict[str, Any] = {"method": method}
+    if seed is not None:
+        changes["seed"] = seed
+    return cfg.replace(**changes)
+
+
+def run_train(
+    method: str, rct_path: Path, obs_path: Path | None, out_dir: Path,
+    config_path: Path | None = None, seed: int | None = None, progress: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    """Load tables, train, save config/checkpoint/history, export ONNX; returns model.json."""
+    cfg = build_config(method, config_path, seed)
+    cfg = cfg.replace(extra={**cfg.extra, "progress": progress})
+    info = _dataset_info(Path(rct_path))
+    k = len(info["treatments"]) if "treatments" in info else None
+    features = [str(f) for f in info["features"]] if "features" in info else None
+    rct = load_table(rct_path, "rct", n_treatments=k, feature_columns=features)
+    obs = None
+    if obs_path is not None:
+        obs = load_table(obs_path, "obs", n_treatments=rct.n_treatments, feature_columns=features)
+    from training.train import train  # torch import only when training really starts
+
+    result = train(cfg, rct, obs)
+    names = info.get("treatments") or [f"treatment_{j}" for j in range(rct.n_treatments)]
+    meta = {**result.meta, "treatments": [str(n) for n in names]}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(out_dir / "config.json")
+    (out_dir / "history.json").write_text(json.dumps(result.history, indent=1) + "\n")
+    save_checkpoint(out_dir, result.net, meta, result.val_features)
+    description = export(result.net, out_dir, meta, result.val_features)
+    description["training_seconds"] = round(result.seconds, 2)
+    return description
+
+
+def run_export(checkpoint_dir: Path) -> dict[str, Any]:
+    """Re-export model.onnx + model.json from a checkpoint directory."""
+    return export_checkpoint(Path(checkpoint_dir))

@@ -1,0 +1,268 @@
+"""One training loop for every method: config -> seed -> data -> nets -> loop -> select -> save.
+
+Two-stage (tsm-*): prediction loss only. DFCL (dfcl-*): warm start on the RCT prediction loss,
+then dual decision loss + alpha * prediction loss on RCT. Bi-DFCL: teacher on RCT, warm start on
+pooled factual data, then OBS lower level with bridge pseudo-labels and an RCT upper level every
+k-th batch (ALGORITHMS.md §5.4). Every method keeps the epoch with the best validation EOM
+budget-curve area on a held-out RCT split.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from app.core.features import FeatureSpec
+from training import losses
+from training.config import DFCL, TWO_STAGE, TrainConfig
+from training.data import Table, encode_table
+from training.evaluation import Split, budget_grid, budget_range, lam_at_budget, validation_area
+from training.nets import OutcomeNet
+
+
+@dataclass
+class TrainResult:
+    """The selected target network and everything model.json needs."""
+
+    net: OutcomeNet
+    spec: FeatureSpec
+    meta: dict[str, Any]
+    val_features: np.ndarray
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _split(table: Table, x: np.ndarray, rows: np.ndarray | None = None) -> Split:
+    """Tensors of one table (optionally a subset of rows)."""
+    idx = np.arange(table.n_rows) if rows is None else rows
+    return Split(
+        x=torch.from_numpy(np.ascontiguousarray(x[idx], dtype=np.float32)),
+        treatment=torch.from_numpy(table.treatment[idx]),
+        revenue=torch.from_numpy(table.revenue[idx].astype(np.float32)),
+        cost=torch.from_numpy(table.cost[idx].astype(np.float32)),
+        propensity=torch.from_numpy(table.propensity[idx].astype(np.float32)),
+    )
+
+
+def _fingerprint(table: Table) -> dict[str, Any]:
+    """Path, row count and SHA-256 of a training file (model.json provenance)."""
+    digest = hashlib.sha256(Path(table.path).read_bytes()).hexdigest()
+    return {"path": str(table.path), "rows": table.n_rows, "sha256": digest}
+
+
+def _batches(n: int, size: int, steps: int, gen: torch.Generator) -> Iterator[Tensor]:
+    """Shuffled index batches of one epoch: one pass (steps=0) or `steps` batches over passes.
+
+    A fixed number of steps gives small-RCT methods as many updates as OBS methods get.
+    """
+    size = min(size, n)
+    total = steps if steps > 0 else -(-n // size)
+    done = 0
+    while done < total:
+        order = torch.randperm(n, generator=gen)
+        for start in range(0, n - 1, size):
+            idx = order[start : start + size]
+            if len(idx) < 2:
+                continue
+            yield idx
+            done += 1
+            if done == total:
+                return
+
+
+def _new_net(cls: Callable[..., Any], cfg: TrainConfig, n_features: int, k: int, seed: int) -> Any:
+    """Build a network with its own seeded initialisation (global RNG left untouched)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return cls(n_features, k, tuple(cfg.hidden))
+
+
+class Trainer:
+    """State shared by the phases of one training run."""
+
+    def __init__(self, cfg: TrainConfig, train: Split, val: Split, obs: Split | None) -> None:
+        self.cfg, self.train, self.val, self.obs = cfg, train, val, obs
+        self.k = int(max(train.treatment.max(), val.treatment.max())) + 1
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        lo, hi = budget_range(train, self.k)
+        self.budget = cfg.train_budget if cfg.train_budget is not None else 0.5 * (lo + hi)
+        self.val_budgets = budget_grid(val, self.k, cfg.n_budgets)
+        self.history: list[dict[str, float]] = []
+        self.best: tuple[float, dict[str, Tensor] | None] = (-np.inf, None)
+
+    def batches(self, n: int) -> Iterator[Tensor]:
+        return _batches(n, self.cfg.batch_size, self.cfg.steps_per_epoch, self.gen)
+
+    def outcome_net(self, data: Split, seed_offset: int) -> OutcomeNet:
+        net = _new_net(OutcomeNet, self.cfg, data.x.shape[1], self.k, self.cfg.seed + seed_offset)
+        net.fit_scales(data.x, data.revenue, data.cost)
+        return net
+
+    def optimizer(self, net: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+        return torch.optim.Adam(net.parameters(), lr=lr, weight_decay=self.cfg.weight_decay)
+
+    def evaluate(self, net: OutcomeNet, phase: str, logs: dict[str, float], select: bool) -> float:
+        """Validation budget-curve area; remember the best state when `select`."""
+        with torch.no_grad():
+            rev_hat, cost_hat = net(self.val.x)
+        area = validation_area(rev_hat.numpy(), cost_hat.numpy(), self.val, self.val_budgets)
+        self.history.append({"phase": phase, "val_area": area, **logs})  # type: ignore[dict-item]
+        if select and area > self.best[0]:
+            self.best = (area, copy.deepcopy(net.state_dict()))
+        return area
+
+    def prediction_epochs(
+        self, net: OutcomeNet, data: Split, epochs: int, weighted: bool, phase: str, select: bool
+    ) -> None:
+        """Factual prediction loss; weighted=True is the arm-balanced RCT loss (§2)."""
+        opt = self.optimizer(net, self.cfg.lr)
+        weight = losses.frequency_weights(data.treatment, self.k) if weighted else None
+        bar = tqdm(range(epochs), desc=phase, disable=not self.cfg.extra.get("progress", True))
+        for _ in bar:
+            total, count = 0.0, 0
+            for idx in self.batches(len(data)):
+                rev_hat, cost_hat = net(data.x[idx])
+                loss = losses.prediction_loss(
+                    rev_hat, cost_hat, data.treatment[idx], data.revenue[idx], data.cost[idx],
+                    None if weight is None else weight[idx], net.revenue_scale, net.cost_scale,
+                )  # fmt: skip
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total, count = total + loss.item(), count + 1
+            area = self.evaluate(net, phase, {"pred_loss": total / count}, select)
+            bar.set_postfix(pred=f"{total / count:.4f}", val_area=f"{area:.4f}")
+
+    def decision_loss(
+        self,
+        net: OutcomeNet,
+        rev_hat: Tensor,
+        cost_hat: Tensor,
+        data: Split,
+        idx: Tensor,
+        lambdas: Sequence[float],
+    ) -> Tensor:
+        """DFCL dual decision loss of the configured method on a batch, in revenue-scale units."""
+        cfg, args = self.cfg, (data.treatment[idx], data.revenue[idx], data.cost[idx])
+        p = data.propensity[idx]
+        if cfg.method == "dfcl-ifd":
+            dl = losses.ifd_loss(rev_hat, cost_hat, *args, p, lambdas, cfg.ifd_h, cfg.ifd_cost_grad)
+        else:
+            tau = cfg.pl_tau if cfg.method == "dfcl-pl" else cfg.mer_tau
+            dl = losses.mer_loss(rev_hat, cost_hat, *args, p, lambdas, tau)
+        return dl / net.revenue_scale
+
+    def dual_lambdas(self, net: OutcomeNet) -> list[float]:
+        """Configured multipliers, else lambda* at 25/50/75% of the budget range (§4.2)."""
+        if self.cfg.dual_lambdas is not None:
+            return list(self.cfg.dual_lambdas)
+        lo, hi = budget_range(self.train, self.k)
+        with torch.no_grad():
+            rev_hat, cost_hat = net(self.train.x)
+        return [
+            lam_at_budget(rev_hat.numpy(), cost_hat.numpy(), self.train, lo + q * (hi - lo))
+            for q in (0.25, 0.5, 0.75)
+        ]
+
+    def dfcl_epochs(self, net: OutcomeNet) -> None:
+        """L_DL + alpha * L_PL on the RCT training split (§4.1)."""
+        cfg, data = self.cfg, self.train
+        lambdas = self.dual_lambdas(net)
+        opt = self.optimizer(net, cfg.lr)
+        weight = losses.frequency_weights(data.treatment, self.k)
+        bar = tqdm(range(cfg.epochs), desc=cfg.method, disable=not cfg.extra.get("progress", True))
+        for _ in bar:
+            sums, count = np.zeros(2), 0
+            for idx in self.batches(len(data)):
+                rev_hat, cost_hat = net(data.x[idx])
+                dl = self.decision_loss(net, rev_hat, cost_hat, data, idx, lambdas)
+                pl = losses.prediction_loss(
+                    rev_hat, cost_hat, data.treatment[idx], data.revenue[idx], data.cost[idx],
+                    weight[idx], net.revenue_scale, net.cost_scale,
+                )  # fmt: skip
+                opt.zero_grad()
+                (dl + cfg.alpha * pl).backward()
+                opt.step()
+                sums += (dl.item(), pl.item())
+                count += 1
+            logs = {"decision_loss": sums[0] / count, "pred_loss": sums[1] / count}
+            area = self.evaluate(net, cfg.method, logs, select=True)
+            bar.set_postfix(dl=f"{logs['decision_loss']:.4f}", val_area=f"{area:.4f}")
+
+
+def _device_guard(cfg: TrainConfig) -> None:
+    if cfg.device != "cpu":
+        raise ValueError(f"device {cfg.device!r}: this build trains on cpu only")
+
+
+def prepare(
+    cfg: TrainConfig, rct: Table, obs: Table | None
+) -> tuple[FeatureSpec, Split, Split, Split | None]:
+    """Fit the feature spec on the training tables; split RCT into train/validation."""
+    if cfg.method not in ("tsm-rct", *DFCL) and obs is None:
+        raise ValueError(f"method {cfg.method} needs an OBS table")
+    if obs is not None and obs.n_treatments != rct.n_treatments:
+        raise ValueError(
+            f"{obs.path}: {obs.n_treatments} treatments but RCT has {rct.n_treatments}"
+        )
+    frames = [rct.features] + ([obs.features] if obs is not None else [])
+    columns = {c: np.concatenate([f[c].to_numpy() for f in frames]) for c in rct.features.columns}
+    spec = FeatureSpec.fit(columns)
+    x_rct = encode_table(rct, spec)
+    order = np.random.default_rng(cfg.seed).permutation(rct.n_rows)
+    n_val = int(round(cfg.val_fraction * rct.n_rows))
+    if n_val < 2 or rct.n_rows - n_val < 2:
+        raise ValueError(f"{rct.path}: {rct.n_rows} RCT rows are too few to split for validation")
+    val = _split(rct, x_rct, np.sort(order[:n_val]))
+    train = _split(rct, x_rct, np.sort(order[n_val:]))
+    obs_split = _split(obs, encode_table(obs, spec)) if obs is not None else None
+    return spec, train, val, obs_split
+
+
+def train(cfg: TrainConfig, rct: Table, obs: Table | None) -> TrainResult:
+    """Train `cfg.method` and return the validation-selected target network."""
+    _device_guard(cfg)
+    started = time.perf_counter()
+    spec, tr, val, obs_split = prepare(cfg, rct, obs)
+    run = Trainer(cfg, tr, val, obs_split)
+    method, total = cfg.method, cfg.warm_start_epochs + cfg.epochs
+    if method in TWO_STAGE:
+        data = {"tsm-rct": tr, "tsm-obs": obs_split, "tsm-pooled": None}[method]
+        data = data if data is not None else tr.concat(obs_split)  # type: ignore[arg-type]
+        net = run.outcome_net(data, 0)
+        run.prediction_epochs(net, data, total, method == "tsm-rct", method, select=True)
+    elif method in DFCL:
+        net = run.outcome_net(tr, 0)
+        run.prediction_epochs(net, tr, cfg.warm_start_epochs, True, "warm-start", select=False)
+        run.dfcl_epochs(net)
+    else:
+        from training.bidfcl import train_bidfcl
+
+        net = train_bidfcl(run)
+    assert run.best[1] is not None, "no epoch was evaluated"
+    net.load_state_dict(run.best[1])
+    meta = {
+        "method": method,
+        "feature_spec": spec.to_json(),
+        "training_data": {"rct": _fingerprint(rct)}
+        | ({"obs": _fingerprint(obs)} if obs is not None else {}),
+        "validation": {
+            "eom_area": float(run.best[0]),
+            "rows": len(val),
+            "budgets": [float(b) for b in run.val_budgets],
+            "train_budget": float(run.budget),
+        },
+        "config": cfg.to_json(),
+    }
+    seconds = time.perf_counter() - started
+    return TrainResult(net, spec, meta, val.x.numpy(), run.history, seconds)
