@@ -233,11 +233,16 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
 ) -> None:
     """Start the allocation service (uvicorn); everything else comes from DFCL_* variables."""
+    import copy
+
     import uvicorn
+    import uvicorn.config
 
     from app.config import Settings
 
     settings = Settings()
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)  # uvicorn's, plus our `app` logs
+    log_config["loggers"]["app"] = {"handlers": ["default"], "level": settings.log_level.upper()}
     uvicorn.run(
         "app.main:create_app",
         factory=True,
@@ -245,6 +250,7 @@ def serve(
         port=port or settings.port,
         workers=workers,
         log_level=settings.log_level,
+        log_config=log_config,
     )
 
 
