@@ -32,6 +32,7 @@ Tie rules (everything is deterministic):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +40,7 @@ import numpy as np
 from app.core._types import FloatArray, IntArray
 
 _SMALL_N = 32_768  # up to this many customers every hull is built; above, lam is bracketed first
+_CHUNK = 16_384  # customers per block in full sweeps, so temporaries stay in cache
 _SAMPLE = 16_384  # customers in the strided sample that brackets lam
 _BRACKET_MARGIN = 0.02  # relative budget margin of the first bracket; widened x4 until verified
 _FILL_ROUNDS = 12  # greedy rounds spending the leftover budget
@@ -111,21 +113,30 @@ def _extreme(R: FloatArray, C: FloatArray, cheapest: bool) -> State:
     return (idx, b1, -b2) if cheapest else (idx, b2, -b1)
 
 
-def _dual_pass(R: FloatArray, C: FloatArray, lam: float) -> State:
-    """Argmax of R - lam*C per customer, exact ties to the lower index (internal, fast)."""
-    best = R[0] - lam * C[0]
-    idx = np.zeros(R.shape[1], np.int64)
-    bc, br = C[0].copy(), R[0].copy()
-    score = np.empty_like(best)
-    for j in range(1, R.shape[0]):
-        np.multiply(C[j], -lam, out=score)
-        score += R[j]
-        better = score > best
-        np.maximum(best, score, out=best)
-        np.copyto(idx, j, where=better)
-        np.copyto(bc, C[j], where=better)
-        np.copyto(br, R[j], where=better)
-    return idx, bc, br
+def _dual_states(R: FloatArray, C: FloatArray, lams: list[float]) -> list[State]:
+    """Argmax of R - lam*C per customer for several lam in one chunked sweep (internal, fast).
+
+    R, C: (K, N). Exact score ties go to the lower index; the spend of this choice can only
+    differ from `dual_choice` at exact breakpoints, which the callers tolerate.
+    """
+    n = R.shape[1]
+    outs = [(np.zeros(n, np.int64), C[0].copy(), R[0].copy()) for _ in lams]
+    for lo in range(0, n, _CHUNK):
+        hi = min(lo + _CHUNK, n)
+        Rb, Cb = R[:, lo:hi], C[:, lo:hi]  # (K, b): stays in cache across all lams
+        score = np.empty(hi - lo)
+        for lam, (idx, bc, br) in zip(lams, outs, strict=True):
+            best = Rb[0] - lam * Cb[0]
+            bi, bcb, brb = idx[lo:hi], bc[lo:hi], br[lo:hi]
+            for j in range(1, R.shape[0]):
+                np.multiply(Cb[j], -lam, out=score)
+                score += Rb[j]
+                better = score > best
+                np.maximum(best, score, out=best)
+                np.copyto(bi, j, where=better)
+                np.copyto(bcb, Cb[j], where=better)
+                np.copyto(brb, Rb[j], where=better)
+    return outs
 
 
 def _hull(R: FloatArray, C: FloatArray, start: IntArray) -> tuple[IntArray, FloatArray, FloatArray]:
@@ -190,86 +201,139 @@ def _lp_fill(
     return max(lam, 0.0), (t, cur_c, cur_r)
 
 
-def _bracket(
-    R: FloatArray, C: FloatArray, start: State, top: State, total: float
-) -> tuple[float, State, IntArray]:
-    """Bracket lam on a strided sample, verify on all customers, return the undecided rows.
+def _sample_lams(R: FloatArray, C: FloatArray, total: float) -> Callable[[float], float]:
+    """Estimate, from a strided sample of hulls, the multiplier at which a budget share is spent.
 
-    Returns (lam_lo, state at lam_hi, rows whose dual choice differs between lam_hi and lam_lo).
-    Spend at lam_hi fits the budget and spend at lam_lo exceeds it, so the LP multiplier lies in
-    [lam_lo, lam_hi] and only the returned rows can hold a segment with slope in that range.
+    The returned function maps a fraction f of the estimated leftover budget to the slope at
+    which the sample's cumulative hull spend passes f (inf for f <= 0, 0 past the last segment).
     """
     n = R.shape[1]
-    base = float(np.sum(start[1]))
     sample = np.arange(0, n, n // _SAMPLE)
-    path, slope, dcost = _hull(R[:, sample], C[:, sample], start[0][sample])
+    Rs, Cs = R[:, sample], C[:, sample]
+    start = _extreme(Rs, Cs, cheapest=True)
+    _, slope, dcost = _hull(Rs, Cs, start[0])
     valid = slope > -np.inf
-    s_slope, s_dc = slope[valid], dcost[valid]
-    order = np.argsort(-s_slope, kind="stable")
-    s_slope, cum = s_slope[order], np.cumsum(s_dc[order])
-    target = (total - base) * sample.size / n
+    order = np.argsort(-slope[valid], kind="stable")
+    slopes, cum = slope[valid][order], np.cumsum(dcost[valid][order])
+    target = total * sample.size / n - float(np.sum(start[1]))
 
-    margin, hi = _BRACKET_MARGIN, start
-    while margin < 1.0:
-        k = int(np.searchsorted(cum, target * (1.0 - margin), side="right"))
-        if k >= cum.size:
+    def lam_at(fraction: float) -> float:
+        if target * fraction <= 0:
+            return np.inf
+        k = int(np.searchsorted(cum, target * fraction, side="right"))
+        return float(slopes[k]) if k < cum.size else 0.0
+
+    return lam_at
+
+
+def _bracket(R: FloatArray, C: FloatArray, total: float) -> tuple[float, State, IntArray]:
+    """Bracket the LP multiplier on a sample, verify it on all customers (large N only).
+
+    Returns (lam_lo, state at lam_hi, rows whose dual choice differs between lam_hi and lam_lo),
+    or (0, richest state, no rows) when the unconstrained best assignment fits. Spend at lam_hi
+    fits the budget and spend at lam_lo exceeds it, so the multiplier lies in [lam_lo, lam_hi]
+    and only those rows can hold a hull segment with a slope inside. Raises InfeasibleBudget.
+    """
+    lam_at = _sample_lams(R, C, total)
+    up = down = _BRACKET_MARGIN
+    lam_hi, lam_lo = lam_at(1.0 - up), lam_at(1.0 + down)
+    hi, lo = _dual_states(R, C, [lam_hi if np.isfinite(lam_hi) else 1.0, lam_lo])
+    if lam_lo == 0.0:  # richest choice with the documented tie rule (lowest cost)
+        lo = _extreme(R, C, cheapest=False)
+    while float(np.sum(hi[1])) > total or not np.isfinite(lam_hi):
+        start = _extreme(R, C, cheapest=True)
+        if float(np.sum(start[1])) > total:
+            raise InfeasibleBudget(total, float(np.sum(start[1])))
+        up *= 4.0
+        lam_hi = lam_at(1.0 - up)
+        if not np.isfinite(lam_hi):
+            hi = start
             break
-        hi = _dual_pass(R, C, float(s_slope[k]))
-        if float(np.sum(hi[1])) <= total:
-            break
-        margin, hi = margin * 4.0, start
-    margin, lo, lam_lo = _BRACKET_MARGIN, top, 0.0
-    while True:
-        k = int(np.searchsorted(cum, target * (1.0 + margin), side="right"))
-        if k >= cum.size:
-            lo, lam_lo = top, 0.0
-            break
-        lam_lo = float(s_slope[k])
-        lo = _dual_pass(R, C, lam_lo)
-        if float(np.sum(lo[1])) > total:
-            break
-        margin *= 4.0
+        (hi,) = _dual_states(R, C, [lam_hi])
+    while float(np.sum(lo[1])) <= total:
+        if lam_lo == 0.0:  # the richest choice fits: no budget pressure at all
+            return 0.0, lo, np.arange(0)
+        down *= 4.0
+        lam_lo = lam_at(1.0 + down)
+        if lam_lo == 0.0:
+            lo = _extreme(R, C, cheapest=False)
+        else:
+            (lo,) = _dual_states(R, C, [lam_lo])
     return lam_lo, hi, np.flatnonzero(lo[0] != hi[0])
+
+
+def _fill_candidates(R: FloatArray, C: FloatArray, state: State, rem: float) -> IntArray:
+    """Customers with an upgrade costing at most `rem` more that raises revenue. R, C: (K, N).
+
+    Current choices are never dominated, so higher revenue implies higher cost.
+    """
+    _, cur_c, cur_r = state
+    any_ok = np.zeros(cur_c.size, bool)
+    for j in range(R.shape[0]):
+        any_ok |= (C[j] - cur_c <= rem) & (R[j] > cur_r)
+    return np.flatnonzero(any_ok)
 
 
 def _greedy_fill(R: FloatArray, C: FloatArray, state: State, total: float) -> State:
     """Spend the leftover on upgrades with the best revenue gain per extra cost that fit."""
     t, cur_c, cur_r = state
-    rows = np.arange(t.size)
+    rem = total - float(np.sum(cur_c))
+    rows = _fill_candidates(R, C, state, rem) if rem > 0 else np.arange(0)
     for _ in range(_FILL_ROUNDS):
-        rem = total - float(np.sum(cur_c))
         if rem <= 0 or rows.size == 0:
             break
+        Rs, Cs = R[:, rows], C[:, rows]  # (K, m)
         cc, rc = cur_c[rows], cur_r[rows]
-        best = np.full(rows.size, -np.inf)
+        best, cheapest = np.full(rows.size, -np.inf), np.full(rows.size, np.inf)
         bdc, bdr = np.zeros(rows.size), np.zeros(rows.size)
         bj = np.full(rows.size, -1, np.int64)
-        full = rows.size == t.size
         for j in range(R.shape[0]):
-            dc = (C[j] if full else C[j, rows]) - cc
-            dr = (R[j] if full else R[j, rows]) - rc
+            dc, dr = Cs[j] - cc, Rs[j] - rc
             ok = (dc > 0) & (dc <= rem) & (dr > 0)
-            if not ok.any():
-                continue
-            sub = np.flatnonzero(ok)
-            ratio = dr[sub] / dc[sub]
-            better = (ratio > best[sub]) | ((ratio == best[sub]) & (dr[sub] > bdr[sub]))
-            win = sub[better]
-            best[win], bdc[win], bdr[win], bj[win] = ratio[better], dc[win], dr[win], j
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = np.where(ok, dr / dc, -np.inf)
+            better = ok & ((ratio > best) | ((ratio == best) & (dr > bdr)))
+            best = np.where(better, ratio, best)
+            bdc, bdr, bj = (
+                np.where(better, dc, bdc),
+                np.where(better, dr, bdr),
+                np.where(better, j, bj),
+            )
+            cheapest = np.where(ok, np.minimum(cheapest, dc), cheapest)
         has = np.flatnonzero(bj >= 0)
         if has.size == 0:
             break
-        order = has[np.argsort(-best[has], kind="stable")]
-        k = int(np.searchsorted(np.cumsum(bdc[order]), rem, side="right"))
-        take = order[:k]
-        who, new_t = rows[take], bj[take]
+        take = _best_prefix(best[has], bdc[has], rows[has], rem)
+        who, new_t = rows[has[take]], bj[has[take]]
         t[who], cur_c[who], cur_r[who] = new_t, C[new_t, who], R[new_t, who]
-        rows = rows[has]
+        rem = total - float(np.sum(cur_c))
+        keep = cheapest[has] <= rem
+        keep[take] = True  # upgraded customers have new options
+        rows = rows[has[keep]]
     return t, cur_c, cur_r
 
 
-def _repair(R: FloatArray, C: FloatArray, state: State, start: State, total: float) -> State:
-    """Undo the least valuable upgrades until the exact total fits (guards float rounding)."""
+def _best_prefix(ratio: FloatArray, dcost: FloatArray, row: IntArray, rem: float) -> IntArray:
+    """Positions of the longest ratio-descending (then row-ascending) prefix whose cost fits.
+
+    Sorts only the best few candidates unless the budget reaches further. All inputs: (m,).
+    """
+    few = 64
+    while True:
+        if few >= ratio.size:
+            sel = np.arange(ratio.size)
+        else:  # every candidate at least as good as the few-th best, ties included
+            cut = np.partition(-ratio, few - 1)[few - 1]
+            sel = np.flatnonzero(-ratio <= cut)
+        order = sel[np.lexsort((row[sel], -ratio[sel]))]
+        cum = np.cumsum(dcost[order])
+        if cum[-1] > rem or sel.size == ratio.size:
+            return order[: int(np.searchsorted(cum, rem, side="right"))]
+        few *= 8
+
+
+def _repair(state: State, start: State, total: float) -> State:
+    """Undo the least valuable upgrades over a feasible `start` until the exact total fits."""
     t, cur_c, cur_r = state
     while float(np.sum(cur_c)) > total:
         excess = float(np.sum(cur_c)) - total
@@ -303,22 +367,19 @@ def allocate(
     if total < 0:
         raise ValueError(f"budget must be >= 0, got {budget!r}")
 
-    start = _extreme(R, C, cheapest=True)
-    base = float(np.sum(start[1]))
-    if base > total:
-        raise InfeasibleBudget(total, base)
-    top = _extreme(R, C, cheapest=False)
-    if float(np.sum(top[1])) <= total:
-        return _result(top, 0.0, total)
-
-    if n <= _SMALL_N:
-        lam_floor, state, rows = 0.0, start, np.arange(n)
+    if n > _SMALL_N:
+        lam_floor, start, rows = _bracket(R, C, total)
     else:
-        lam_floor, state, rows = _bracket(R, C, start, top, total)
-    leftover = total - float(np.sum(state[1]))
-    lam, state = _lp_fill(R, C, state, rows, leftover, lam_floor)
+        start = _extreme(R, C, cheapest=True)
+        if float(np.sum(start[1])) > total:
+            raise InfeasibleBudget(total, float(np.sum(start[1])))
+        top = _extreme(R, C, cheapest=False)
+        if float(np.sum(top[1])) <= total:
+            return _result(top, 0.0, total)
+        lam_floor, rows = 0.0, np.arange(n)
+    lam, state = _lp_fill(R, C, start, rows, total - float(np.sum(start[1])), lam_floor)
     state = _greedy_fill(R, C, state, total)
-    state = _repair(R, C, state, start, total)
+    state = _repair(state, start, total)
     return _result(state, lam, total)
 
 
