@@ -147,10 +147,13 @@ def lam_for_realized_budget(
     propensity: object,
     budget: float,
     *,
-    tol: float = 1e-6,
+    tol: float = 1e-4,
     max_iter: int = 60,
 ) -> float:
-    """Mode-E multiplier: smallest lam whose EOM realized per-capita cost is <= budget.
+    """Mode-E multiplier: bisect lam until the EOM realized per-capita cost of pi_lam meets budget.
+
+    The realized (EOM) cost need not be monotone in lam, so this finds a crossing from the
+    feasible side, stopping once the spend is within tol (relative) below the budget.
 
     revenue_pred, cost_pred: (N, K) model outputs; the rest (N,) logged randomized data.
     Bisection keeps the feasible side (hi): if even the cheapest-predicted policy overspends,
@@ -176,20 +179,29 @@ def _lam_search(
     budget: float,
     tol: float,
     max_iter: int,
+    hi_start: float | None = None,
 ) -> float:
+    """Bisection of mode E; hi_start is a known lam of a smaller budget (a warm upper bracket)."""
     if not np.isfinite(budget):
         raise ValueError(f"budget must be finite, got {budget!r}")
     if _realized_cost(rp, cp, t, c, p, 0.0) <= budget:
         return 0.0
-    positive = cp > _COST_EPS
-    ratios = rp[positive] / cp[positive]
-    hi = max(float(ratios.max()) if ratios.size else 0.0, 1e-9) * (1.0 + 1e-9)
-    for _ in range(64):  # grow until the policy fits (negative or tiny costs need more)
-        if _realized_cost(rp, cp, t, c, p, hi) <= budget:
-            break
-        hi *= 2.0
+    if (
+        hi_start is not None
+        and hi_start > 0
+        and _realized_cost(rp, cp, t, c, p, hi_start) <= budget
+    ):
+        hi = hi_start
     else:
-        return hi
+        positive = cp > _COST_EPS
+        ratios = rp[positive] / cp[positive]
+        hi = max(float(ratios.max()) if ratios.size else 0.0, 1e-9) * (1.0 + 1e-9)
+        for _ in range(64):  # grow until the policy fits (negative or tiny costs need more)
+            if _realized_cost(rp, cp, t, c, p, hi) <= budget:
+                break
+            hi *= 2.0
+        else:
+            return hi
     lo = 0.0
     scale = tol * max(abs(budget), float(np.mean(np.abs(c))), 1e-12)
     for _ in range(max_iter):
@@ -286,12 +298,13 @@ def budget_curve(
     )
     if grid.ndim != 1 or grid.size == 0 or not np.all(np.isfinite(grid)):
         raise ValueError("budgets must be a non-empty 1-D array of finite numbers")
-    rows = []
-    for b in grid:  # loop over budgets on the grid
-        lam = _lam_search(rp, cp, t, c, p, float(b), 1e-6, 60)
+    out = np.zeros((grid.size, 5))
+    prev_lam: float | None = None
+    for i in np.argsort(grid, kind="stable"):  # budgets ascending: lam of the last one brackets
+        lam = _lam_search(rp, cp, t, c, p, float(grid[i]), 1e-4, 60, prev_lam)
         value = _eom_arrays(t, r, c, p, dual_choice(rp, cp, lam))
-        rows.append((value.revenue, value.cost, value.revenue_se, value.cost_se, lam))
-    out = np.asarray(rows, dtype=np.float64).reshape(-1, 5)
+        out[i] = (value.revenue, value.cost, value.revenue_se, value.cost_se, lam)
+        prev_lam = lam
     return BudgetCurve(grid, out[:, 0], out[:, 1], out[:, 2], out[:, 3], out[:, 4], low, high)
 
 
