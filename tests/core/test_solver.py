@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.core import solver
 from app.core.solver import Allocation, InfeasibleBudget, allocate, dual_choice
 
 
@@ -235,3 +236,27 @@ def test_dual_choice_maximises_dual_score(
     score = revenue - lam * cost
     rows = np.arange(revenue.shape[0])
     assert (score[rows, choice] >= score.max(axis=1)).all()
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1e-7, 0.05, 0.5, 0.97, 0.999999, 1.0, 2.0])
+def test_bracketed_path_agrees_with_full_hulls(
+    fraction: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(5)
+    n, k = 40_000, 4  # above the size where lam is bracketed on a sample
+    cost = np.round(rng.exponential(1.0, (n, k)), 2)
+    revenue = np.round(rng.normal(1.0, 1.0, (n, k)), 2)
+    lo, hi = cost.min(axis=1).sum(), cost[np.arange(n), revenue.argmax(axis=1)].sum()
+    budget = float(lo + fraction * (hi - lo))
+    fast = allocate(revenue, cost, budget)
+    monkeypatch.setattr(solver, "_SMALL_N", 10**9)
+    full = allocate(revenue, cost, budget)
+    assert fast.cost <= budget and full.cost <= budget
+    assert fast.lam == pytest.approx(full.lam, rel=1e-9)
+    assert fast.revenue == pytest.approx(full.revenue, rel=1e-12)
+
+
+def test_bracketed_path_infeasible() -> None:
+    cost = np.ones((40_000, 3))
+    with pytest.raises(InfeasibleBudget, match="minimum feasible budget is 40000"):
+        allocate(np.zeros((40_000, 3)), cost, 39_999.0)
