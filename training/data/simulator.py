@@ -202,15 +202,17 @@ def logging_propensity(
     prior = np.where(np.arange(n_treatments) == 0, 1.0, 0.0)  # control is the common default
     logits = prior + 1.5 * bias * looks_valuable[:, None] * (intensity - 0.5)  # (N, K)
     logits -= logits.max(axis=1, keepdims=True)
-    w = np.exp(logits)
-    return w / w.sum(axis=1, keepdims=True)
+    w: FloatArray = np.exp(logits)
+    probs: FloatArray = w / w.sum(axis=1, keepdims=True)
+    return probs
 
 
 def _draw_categorical(probs: FloatArray, rng: np.random.Generator) -> IntArray:
     """One draw per row of a (N, K) probability matrix (inverse CDF, vectorised)."""
     cdf = np.cumsum(probs, axis=1)
     u = rng.uniform(size=(len(probs), 1)) * cdf[:, -1:]
-    return np.minimum((u > cdf).sum(axis=1), probs.shape[1] - 1).astype(np.int64)
+    draw: IntArray = np.minimum((u > cdf).sum(axis=1), probs.shape[1] - 1).astype(np.int64)
+    return draw
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,9 @@ def _numeric_column(
     column = frame[name]
     if column.dtype == bool:
         column = column.astype(np.int64)
-    values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    values: npt.NDArray[np.float64] = pd.to_numeric(column, errors="coerce").to_numpy(
+        dtype=np.float64, na_value=np.nan
+    )
     non_numeric = np.isnan(values) & column.notna().to_numpy()
     if non_numeric.any():
         row = int(np.argmax(non_numeric))
