@@ -303,7 +303,7 @@ def _greedy_fill(R: FloatArray, C: FloatArray, state: State, total: float) -> St
         has = np.flatnonzero(bj >= 0)
         if has.size == 0:
             break
-        take = _best_prefix(best[has], bdc[has], rows[has], rem)
+        take = _take_fitting(best[has], bdc[has], rows[has], rem)
         who, new_t = rows[has[take]], bj[has[take]]
         t[who], cur_c[who], cur_r[who] = new_t, C[new_t, who], R[new_t, who]
         rem = total - float(np.sum(cur_c))
@@ -311,6 +311,21 @@ def _greedy_fill(R: FloatArray, C: FloatArray, state: State, total: float) -> St
         keep[take] = True  # upgraded customers have new options
         rows = rows[has[keep]]
     return t, cur_c, cur_r
+
+
+def _take_fitting(ratio: FloatArray, dcost: FloatArray, row: IntArray, rem: float) -> IntArray:
+    """Walk candidates by ratio descending (then row ascending), taking each one that still fits.
+
+    Vectorised as repeated fitting prefixes over the shrinking pool. All inputs: (m,).
+    """
+    pool, taken = np.arange(ratio.size), []
+    while pool.size:
+        take = pool[_best_prefix(ratio[pool], dcost[pool], row[pool], rem)]
+        taken.append(take)
+        rem -= float(np.sum(dcost[take]))
+        pool = np.setdiff1d(pool, take, assume_unique=True)
+        pool = pool[dcost[pool] <= rem]
+    return np.concatenate(taken) if taken else pool
 
 
 def _best_prefix(ratio: FloatArray, dcost: FloatArray, row: IntArray, rem: float) -> IntArray:

@@ -260,3 +260,12 @@ def test_bracketed_path_infeasible() -> None:
     cost = np.ones((40_000, 3))
     with pytest.raises(InfeasibleBudget, match="minimum feasible budget is 40000"):
         allocate(np.zeros((40_000, 3)), cost, 39_999.0)
+
+
+def test_repair_undoes_least_valuable_upgrades_until_within_budget() -> None:
+    start = (np.zeros(4, np.int64), np.zeros(4), np.zeros(4))
+    state = (np.ones(4, np.int64), np.array([1.0, 2.0, 3.0, 0.0]), np.array([5.0, 2.0, 9.0, 0.0]))
+    t, cost, revenue = solver._repair(state, start, total=4.5)  # over budget by 1.5
+    assert cost.sum() <= 4.5
+    assert t.tolist() == [1, 0, 1, 1]  # the upgrade with the lowest gain per cost (1.0) is undone
+    assert revenue.tolist() == [5.0, 0.0, 9.0, 0.0]
