@@ -8,6 +8,7 @@ default) on a large RCT batch at the training budget gives g; the bridge moves a
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -63,31 +64,45 @@ class BiLevel:
         with torch.no_grad():
             snap_rev, snap_cost = net(x)
 
+        if self.cfg.bridge_factual:  # the gate may also pull the logged arm toward the teacher
+            logged = torch.nn.functional.one_hot(t, snap_rev.shape[1]).bool()
+            snap_rev = torch.where(logged, r[:, None], snap_rev)
+            snap_cost = torch.where(logged, c[:, None], snap_cost)
+
         def loss(theta: Sequence[Tensor], phi: Sequence[Tensor]) -> Tensor:
             params = dict(zip(self.phi_names, phi, strict=True))
             w_rev, w_cost = functional_call(self.bridge, params, (x,))
             rev_cf = w_rev * t_rev + (1 - w_rev) * snap_rev
             cost_cf = w_cost * t_cost + (1 - w_cost) * snap_cost
             rev_hat, cost_hat = self.predict(theta, x)
+            if self.cfg.bridge_factual:  # every arm's label comes from the mix
+                err = ((rev_cf - rev_hat) / net.revenue_scale) ** 2
+                err = err + ((cost_cf - cost_hat) / net.cost_scale) ** 2
+                return err.sum(dim=1).mean()
             return losses.lower_level_loss(
                 rev_hat, cost_hat, t, r, c, rev_cf, cost_cf, net.revenue_scale, net.cost_scale
             )
 
         return loss
 
-    def upper(self, theta: Sequence[Tensor], batch: Split, lam: float) -> Tensor:
-        """Decision loss on an RCT batch at lambda*, in revenue-scale units (§5.1)."""
+    def upper(self, theta: Sequence[Tensor], batch: Split, lams: Sequence[float]) -> Tensor:
+        """Decision loss on an RCT batch, mean over budgets' lambda*, in revenue-scale units."""
         cfg = self.cfg
         rev_hat, cost_hat = self.predict(theta, batch.x)
         args = (rev_hat, cost_hat, batch.treatment, batch.revenue, batch.cost, batch.propensity)
-        if cfg.upper_loss == "ppl":
-            loss = losses.ppl_loss(*args, lam, cfg.ppl_tau, cfg.ppl_reward)
-        elif cfg.upper_loss == "pifd":
-            loss = losses.pifd_loss(*args, lam, cfg.ppl_tau, cfg.pifd_h, cfg.ppl_reward)
+        loss = rev_hat.new_zeros(())
+        if cfg.upper_loss in ("ppl", "pifd"):
+            for lam in lams:
+                if cfg.upper_loss == "ppl":
+                    loss = loss + losses.ppl_loss(*args, lam, cfg.ppl_tau, cfg.ppl_reward)
+                else:
+                    loss = loss + losses.pifd_loss(
+                        *args, lam, cfg.ppl_tau, cfg.pifd_h, cfg.ppl_reward
+                    )
+            loss = loss / len(lams)
         elif cfg.upper_loss == "dpl":
             loss = losses.mer_loss(*args, self.dual_lambdas, cfg.pl_tau)
         else:  # difd: PIFD with the dual reward at each fixed multiplier
-            loss = rev_hat.new_zeros(())
             for m in self.dual_lambdas:
                 loss = loss + losses.pifd_loss(*args, m, cfg.ppl_tau, cfg.pifd_h, "dual")
         return loss / self.net.revenue_scale
@@ -98,14 +113,14 @@ class BiLevel:
             rev_hat, cost_hat = self.predict(theta, batch.x)
         return lam_at_budget(rev_hat.numpy(), cost_hat.numpy(), batch, budget)
 
-    def upper_step(self, idx: Tensor, batch: Split, budget: float) -> UpperInfo:
+    def upper_step(self, idx: Tensor, batch: Split, budgets: Sequence[float]) -> UpperInfo:
         """One bridge update from OBS rows idx and an RCT batch (Alg 1 upper level)."""
         cfg = self.cfg
         lower = self.lower(idx)
         theta = [p.detach() for p in self.net.parameters()]
         phi = list(self.bridge.parameters())
         theta_k = bilevel.assumed_steps(lower, theta, phi, cfg.assumed_steps, cfg.assumed_lr)
-        lam = self.lam_star(theta_k, batch, budget)
+        lam = [self.lam_star(theta_k, batch, b) for b in budgets]
         residual = 0.0
         if cfg.meta_grad == "implicit":
             up = self.upper(theta_k, batch, lam)
@@ -132,17 +147,26 @@ class BiLevel:
 
 
 def _pretrain(run: Trainer) -> tuple[OutcomeNet, OutcomeNet]:
-    """Teacher on RCT (arm-balanced loss, best validation epoch, frozen); warm-started target."""
+    """Warm-started target (pooled factual loss) and the frozen RCT teacher (§5.2, §8.11).
+
+    teacher_init="pooled" fine-tunes a copy of the warm-started target on the RCT split (the
+    paper allows "any uplift model"); "scratch" trains the teacher on RCT alone. The teacher
+    keeps its best validation epoch.
+    """
     cfg = run.cfg
-    teacher = run.outcome_net(run.train, 1)
-    run.prediction_epochs(teacher, run.train, cfg.teacher_epochs, True, "teacher", select=True)
-    assert run.best[1] is not None and run.obs is not None
-    teacher.load_state_dict(run.best[1])
-    teacher.requires_grad_(False)
-    run.best = (-np.inf, None)  # selection restarts for the target network
+    assert run.obs is not None
     pooled = run.train.concat(run.obs)
     net = run.outcome_net(pooled, 0)
     run.prediction_epochs(net, pooled, cfg.warm_start_epochs, False, "warm-start", select=False)
+    if cfg.teacher_init == "pooled":
+        teacher = copy.deepcopy(net)
+    else:
+        teacher = run.outcome_net(run.train, 1)
+    run.prediction_epochs(teacher, run.train, cfg.teacher_epochs, True, "teacher", select=True)
+    assert run.best[1] is not None
+    teacher.load_state_dict(run.best[1])
+    teacher.requires_grad_(False)
+    run.best = (-np.inf, None)  # selection restarts for the target network
     return teacher, net
 
 
@@ -166,7 +190,7 @@ def train_bidfcl(run: Trainer) -> OutcomeNet:
         for idx in run.batches(len(obs)):
             if step % cfg.upper_every == 0:
                 rows = torch.randperm(len(rct), generator=run.gen)[: cfg.rct_upper_batch]
-                infos.append(bi.upper_step(idx, rct.subset(rows), run.budget))
+                infos.append(bi.upper_step(idx, rct.subset(rows), run.budgets))
             loss = bi.lower(idx)(list(net.parameters()), [p.detach() for p in bridge.parameters()])
             opt.zero_grad()
             loss.backward()

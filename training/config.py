@@ -38,7 +38,8 @@ class TrainConfig:
     # RCT validation split used for model selection by budget-curve area
     val_fraction: float = 0.25
     n_budgets: int = 10  # validation grid size (§8.7)
-    train_budget: float | None = None  # per-capita budget for PPL/PIFD; None -> midpoint (§8.7)
+    train_budget: float | None = None  # per-capita budget for PPL/PIFD; None -> quantiles below
+    train_budget_quantiles: tuple[float, ...] = (0.25, 0.5, 0.75)  # of the RCT spend range (§8.7)
     # DFCL (§4): L = L_DL + alpha * L_PL on RCT after a warm start
     warm_start_epochs: int = 10
     alpha: float = 1.0
@@ -61,6 +62,8 @@ class TrainConfig:
     cg_tol: float = 1e-8
     bridge_lr: float = 1e-3
     teacher_epochs: int = 30
+    teacher_init: str = "scratch"  # "pooled": fine-tune the warm-started target on RCT
+    bridge_factual: bool = False  # gate also mixes teacher into the logged arm's label (§8.1)
     rct_upper_batch: int = 4096
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes, kept verbatim
 
@@ -71,6 +74,10 @@ class TrainConfig:
             (self.upper_loss in get_args(UpperLoss), f"upper_loss: bad value {self.upper_loss!r}"),
             (self.meta_grad in get_args(MetaGrad), f"meta_grad: bad value {self.meta_grad!r}"),
             (self.ppl_reward in get_args(Reward), f"ppl_reward: bad value {self.ppl_reward!r}"),
+            (
+                self.teacher_init in ("scratch", "pooled"),
+                f"teacher_init: bad {self.teacher_init!r}",
+            ),
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.batch_size >= 2, "batch_size must be >= 2"),
             (self.steps_per_epoch >= 0, "steps_per_epoch must be >= 0"),
@@ -85,6 +92,11 @@ class TrainConfig:
             (self.warm_start_epochs >= 0 and self.teacher_epochs >= 1, "warm/teacher epochs"),
             (all(h >= 1 for h in self.hidden), "hidden sizes must be >= 1"),
             (self.train_budget is None or self.train_budget > 0, "train_budget must be > 0"),
+            (
+                len(self.train_budget_quantiles) > 0
+                and all(0 < q < 1 for q in self.train_budget_quantiles),
+                "train_budget_quantiles must be non-empty and inside (0, 1)",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -102,7 +114,7 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown config keys {unknown}; known: {sorted(names)}")
         kwargs = dict(data)
-        for key in ("hidden", "dual_lambdas"):
+        for key in ("hidden", "dual_lambdas", "train_budget_quantiles"):
             if kwargs.get(key) is not None:
                 kwargs[key] = tuple(kwargs[key])
         return cls(**kwargs)

@@ -95,7 +95,11 @@ class Trainer:
         self.k = int(max(train.treatment.max(), val.treatment.max())) + 1
         self.gen = torch.Generator().manual_seed(cfg.seed)
         lo, hi = budget_range(train, self.k)
-        self.budget = cfg.train_budget if cfg.train_budget is not None else 0.5 * (lo + hi)
+        self.budgets = (
+            [cfg.train_budget]
+            if cfg.train_budget is not None
+            else [lo + q * (hi - lo) for q in cfg.train_budget_quantiles]
+        )
         self.val_budgets = budget_grid(val, self.k, cfg.n_budgets)
         self.history: list[dict[str, float]] = []
         self.best: tuple[float, dict[str, Tensor] | None] = (-np.inf, None)
@@ -260,7 +264,7 @@ def train(cfg: TrainConfig, rct: Table, obs: Table | None) -> TrainResult:
             "eom_area": float(run.best[0]),
             "rows": len(val),
             "budgets": [float(b) for b in run.val_budgets],
-            "train_budget": float(run.budget),
+            "train_budgets": [float(b) for b in run.budgets],
         },
         "config": cfg.to_json(),
     }

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import pandas as pd
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -129,10 +132,10 @@ def test_bridge_update_lowers_the_upper_objective_at_the_assumed_optimum(tiny_ta
         )
         return bi.upper(moved, batch, lam).item()
 
-    lam = bi.lam_star([p.detach() for p in bi.net.parameters()], batch, run.budget)
+    lam = [bi.lam_star([p.detach() for p in bi.net.parameters()], batch, b) for b in run.budgets]
     before = objective()
     for _ in range(5):
-        info = bi.upper_step(idx, batch, run.budget)
+        info = bi.upper_step(idx, batch, run.budgets)
         assert np.isfinite(info.upper_loss)
     assert objective() < before
 
@@ -143,7 +146,7 @@ def test_implicit_and_unrolled_bridge_gradients_point_the_same_way(tiny_tables, 
     lower = bi.lower(idx)
     theta = [p.detach() for p in bi.net.parameters()]
     phi = list(bi.bridge.parameters())
-    lam = bi.lam_star(theta, run.train, run.budget)
+    lam = [bi.lam_star(theta, run.train, b) for b in run.budgets]
     steps = bilevel.assumed_steps(lower, theta, phi, 5, 0.005)
     g = torch.autograd.grad(bi.upper(steps, run.train, lam), steps)
     implicit, _ = bilevel.implicit_meta_grad(lower, g, steps, phi, 30, 0.1)
@@ -187,3 +190,39 @@ def test_cli_trains_exports_and_onnxruntime_loads(tiny_dir, tmp_path, tiny_confi
     bad = runner.invoke(app, ["train", "--method", "tsm-rct", "--rct", str(tmp_path / "none.csv"),
                               "--out", str(tmp_path / "x")])  # fmt: skip
     assert bad.exit_code != 0 and "none.csv" in bad.output and "Traceback" not in bad.output
+
+
+def _hillstrom_csv(path, n: int = 3000):
+    """Synthetic rows in the original Hillstrom CSV layout (tests never read shared data)."""
+    rng = np.random.default_rng(0)
+    segment = rng.choice(["No E-Mail", "Mens E-Mail", "Womens E-Mail"], n)
+    history = np.round(rng.lognormal(5.0, 0.9, n), 2)
+    visit = rng.binomial(1, np.where(segment == "No E-Mail", 0.1, 0.17))
+    buy = visit * rng.binomial(1, 0.2, n)
+    pd.DataFrame({
+        "recency": rng.integers(1, 13, n), "history_segment": "1) $0 - $100", "history": history,
+        "mens": rng.integers(0, 2, n), "womens": rng.integers(0, 2, n),
+        "zip_code": rng.choice(["Urban", "Surburban", "Rural"], n), "newbie": rng.integers(0, 2, n),
+        "channel": rng.choice(["Phone", "Web", "Multichannel"], n), "segment": segment,
+        "visit": visit, "conversion": buy, "spend": np.round(buy * rng.uniform(30, 500, n), 2),
+    }).to_csv(path, index=False)  # fmt: skip
+
+
+def test_benchmark_quick_runs_end_to_end(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "decision_quality", Path(__file__).parents[2] / "benchmarks" / "decision_quality.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    _hillstrom_csv(tmp_path / "hillstrom.csv")
+    args = ["--quick", "--seeds", "2", "--out", str(tmp_path), "--hillstrom",
+            str(tmp_path / "hillstrom.csv")]  # fmt: skip
+    assert bench.main(args) == 0
+    payload = json.loads((tmp_path / "decision_quality_quick.json").read_text())
+    settings = {r["setting"] for r in payload["summary"]}
+    assert settings == {"sim 10:1", "sim 50:1", "hillstrom"}
+    bi = [r for r in payload["summary"] if r["method"] == "bi-dfcl" and r["setting"] == "sim 10:1"]
+    assert len(bi[0]["mid_gain"]) == 2 and bi[0]["seconds"] > 0
+    oracle = [r for r in payload["summary"] if r["method"] == "oracle"][0]
+    assert all(oracle[b] >= bi[0][b] - 1e-9 for b in ("low", "mid", "high"))
+    assert (tmp_path / "decision_quality_quick.png").stat().st_size > 0

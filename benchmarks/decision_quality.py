@@ -1,0 +1,299 @@
+"""Decision-quality benchmark: does Bi-DFCL earn more revenue than two-stage at equal spend?
+
+Simulator (ground truth known): OBS:RCT ratios 10:1 and 50:1, several seeds, per-capita budgets
+at 25/50/75% between the true all-control and all-max-arm spend. For every method: the TRUE
+per-capita revenue at each budget when the policy's TRUE spend meets it (mode E on the truth),
+its EOM estimate on the randomized test split, budget-curve areas and training wall time.
+Hillstrom protocol: the same with EOM only (no truth). Gains are relative to the best two-stage
+baseline at each budget, paired by seed, mean and 95% t-interval over seeds.
+
+    python benchmarks/decision_quality.py                 # full run (see --help for sizes)
+    python benchmarks/decision_quality.py --quick         # tiny smoke version (< 1 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from app.core import metrics
+from training.config import METHODS, TWO_STAGE, TrainConfig
+from training.data import Table, encode_table, load_dataset
+from training.data.simulator import simulate
+from training.train import train
+
+RESULTS = Path(__file__).resolve().parent / "results"
+QUANTILES = (0.25, 0.5, 0.75)
+BUDGET_NAMES = ("low", "mid", "high")
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def _stacked_truth(truth_rev: np.ndarray, truth_cost: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The truth as a 'perfect RCT': every customer under every arm, p = 1/K.
+
+    With it, metrics' mode-E bisection and EOM give the policy's TRUE per-capita cost and
+    revenue, so the truth is evaluated by the very code that evaluates logged data.
+    """
+    n, k = truth_rev.shape
+    treatment = np.repeat(np.arange(k), n)
+    propensity = np.full(n * k, 1.0 / k)
+    return treatment, truth_rev.T.ravel(), truth_cost.T.ravel(), propensity
+
+
+def _logged(table: Table) -> tuple[np.ndarray, ...]:
+    return table.treatment, table.revenue, table.cost, table.propensity
+
+
+def evaluate(result: Any, test: Table, truth: tuple[np.ndarray, ...] | None,
+             budgets: np.ndarray, grid: np.ndarray) -> dict[str, Any]:  # fmt: skip
+    """Revenue at the budgets (true and EOM), curves on the grid, areas, for one trained model."""
+    x = torch.from_numpy(encode_table(test, result.spec))
+    with torch.no_grad():
+        rev_hat, cost_hat = (t.numpy().astype(np.float64) for t in result.net(x))
+    points = np.concatenate([budgets, grid])
+    eom = metrics.budget_curve(rev_hat, cost_hat, *_logged(test), points)
+    out: dict[str, Any] = {
+        "eom_revenue": eom.revenue[: len(budgets)].tolist(),
+        "eom_cost": eom.cost[: len(budgets)].tolist(),
+        "eom_curve": eom.revenue[len(budgets) :].tolist(),
+        "eom_area": metrics.budget_curve(rev_hat, cost_hat, *_logged(test), grid).area,
+        "val_area": result.meta["validation"]["eom_area"],
+        "seconds": result.seconds,
+    }
+    if truth is not None:
+        k = rev_hat.shape[1]
+        true = metrics.budget_curve(np.tile(rev_hat, (k, 1)), np.tile(cost_hat, (k, 1)), *truth,
+                                    points)  # fmt: skip
+        out |= {
+            "true_revenue": true.revenue[: len(budgets)].tolist(),
+            "true_cost": true.cost[: len(budgets)].tolist(),
+            "true_curve": true.revenue[len(budgets) :].tolist(),
+            "true_area": float(
+                np.mean(
+                    (true.revenue[len(budgets) :] - true.low.revenue)
+                    / (true.high.revenue - true.low.revenue)
+                )
+            ),  # fmt: skip
+        }
+    return out
+
+
+def _config(args: argparse.Namespace, method: str, seed: int, n_obs: int) -> TrainConfig:
+    """Benchmark config: every method gets the same number of optimizer steps per epoch."""
+    base: dict[str, Any] = json.loads(Path(args.config).read_text()) if args.config else {}
+    if args.quick:
+        base = {"epochs": 3, "warm_start_epochs": 2, "teacher_epochs": 3, "hidden": (16, 8),
+                "rct_upper_batch": 512, "n_cg": 5, **base}  # fmt: skip
+    batch = int(base.get("batch_size", TrainConfig().batch_size))
+    base.setdefault("steps_per_epoch", max(1, math.ceil(n_obs / batch)))
+    cfg = TrainConfig.from_json({**base, "extra": {"progress": False}})
+    return cfg.replace(method=method, seed=seed)
+
+
+def _run_methods(args: argparse.Namespace, setting: str, seed: int, rct: Table, obs: Table,
+                 test: Table, truth: tuple[np.ndarray, ...] | None, budgets: np.ndarray,
+                 grid: np.ndarray) -> list[dict[str, Any]]:  # fmt: skip
+    records = []
+    for method in args.methods:
+        result = train(_config(args, method, seed, obs.n_rows), rct, obs)
+        rec = {"setting": setting, "seed": seed, "method": method, "budgets": budgets.tolist(),
+               **evaluate(result, test, truth, budgets, grid)}  # fmt: skip
+        records.append(rec)
+        shown = rec.get("true_revenue", rec["eom_revenue"])
+        print(f"  [{setting} seed {seed}] {method:<10} {result.seconds:6.1f}s  revenue "
+              + " ".join(f"{v:.4f}" for v in shown) + f"  val_area {rec['val_area']:.4f}",
+              flush=True)  # fmt: skip
+    return records
+
+
+def simulator_records(args: argparse.Namespace, ratio: int, seed: int) -> list[dict[str, Any]]:
+    """Simulate one data set, train every method, evaluate against the ground truth."""
+    n_rct = max(args.n_obs // ratio, 20)
+    sim_seed = 1000 * ratio + seed + args.seed_offset
+    sim = simulate(n_obs=args.n_obs, n_rct=n_rct, n_test=args.n_test, seed=sim_seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = load_dataset(sim.write(tmp))
+        truth = _stacked_truth(sim.truth_revenue, sim.truth_cost)
+        spend = sim.truth_cost.mean(axis=0)
+        low, high = float(spend.min()), float(spend.max())
+        budgets = low + (high - low) * np.asarray(QUANTILES)
+        grid = metrics.budget_grid(low, high, 10)
+        records = _run_methods(args, f"sim {ratio}:1", seed, data.rct, data.obs, data.test,
+                               truth, budgets, grid)  # fmt: skip
+    oracle = [sim.oracle(float(b)).revenue / args.n_test for b in np.concatenate([budgets, grid])]
+    records.append({"setting": f"sim {ratio}:1", "seed": seed, "method": "oracle",
+                    "budgets": budgets.tolist(), "true_revenue": oracle[:3],
+                    "true_curve": oracle[3:]})  # fmt: skip
+    return records
+
+
+def hillstrom_records(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
+    """Hillstrom protocol for one split seed: EOM only."""
+    from training.data.hillstrom import HillstromParams, build
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = load_dataset(build(args.hillstrom, tmp, HillstromParams(seed=seed)))
+        spend = [v.cost for v in metrics.constant_policies(*_logged(data.test), 3)]
+        low, high = min(spend), max(spend)
+        budgets = low + (high - low) * np.asarray(QUANTILES)
+        grid = metrics.budget_grid(low, high, 10)
+        return _run_methods(args, "hillstrom", seed, data.rct, data.obs, data.test, None,
+                            budgets, grid)  # fmt: skip
+
+
+def _ci(values: np.ndarray) -> tuple[float, float]:
+    """Mean and 95% t half-width over seeds."""
+    n = len(values)
+    if n < 2:
+        return float(values.mean()), float("nan")
+    t = T975.get(n - 1, 1.96 + 2.5 / (n - 1))
+    return float(values.mean()), float(t * values.std(ddof=1) / math.sqrt(n))
+
+
+def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per setting and method: value and paired gain vs the best two-stage model per budget."""
+    rows = []
+    for setting in dict.fromkeys(r["setting"] for r in records):
+        recs = [r for r in records if r["setting"] == setting]
+        key = "true_revenue" if "true_revenue" in recs[0] else "eom_revenue"
+        seeds = sorted({r["seed"] for r in recs})
+        value = {m: np.array([[r[key] for r in recs if r["method"] == m and r["seed"] == s][0]
+                              for s in seeds])
+                 for m in dict.fromkeys(r["method"] for r in recs)}  # fmt: skip
+        tsm = [m for m in TWO_STAGE if m in value]
+        best = [max(tsm, key=lambda m: value[m][:, b].mean()) for b in range(3)] if tsm else []
+        for m, v in value.items():
+            row: dict[str, Any] = {"setting": setting, "method": m, "metric": key,
+                                   "best_two_stage": best}  # fmt: skip
+            for b, name in enumerate(BUDGET_NAMES):
+                row[name] = float(v[:, b].mean())
+                if best:
+                    row[f"{name}_gain"] = _ci(v[:, b] / value[best[b]][:, b] - 1.0)
+            mr = [r for r in recs if r["method"] == m]
+            for extra in ("true_area", "eom_area", "val_area", "seconds"):
+                if extra in mr[0]:
+                    row[extra] = float(np.mean([r[extra] for r in mr]))
+            rows.append(row)
+        pooled = [r for r in rows if r["setting"] == setting and r["method"] == "tsm-pooled"]
+        for row in rows:
+            if row["setting"] == setting and pooled and "seconds" in row:
+                row["time_x_pooled"] = row["seconds"] / pooled[0]["seconds"]
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    for setting in dict.fromkeys(r["setting"] for r in rows):
+        sub = [r for r in rows if r["setting"] == setting]
+        what = "TRUE" if sub[0]["metric"] == "true_revenue" else "EOM"
+        print(
+            f"\n== {setting}: {what} per-capita revenue at equal realized spend; gain vs best "
+            f"two-stage per budget ({'/'.join(sub[0]['best_two_stage'])}), mean ± 95% CI =="
+        )
+        head = f"{'method':<11}" + "".join(f"{n:>26}" for n in BUDGET_NAMES)
+        print(
+            head + f"{'true area':>10}{'EOM area':>10}{'val area':>10}{'train s':>9}{'x pooled':>9}"
+        )
+        for r in sub:
+            cells = ""
+            for n in BUDGET_NAMES:
+                g = r.get(f"{n}_gain")
+                gain = f"{100 * g[0]:+6.2f}% ±{100 * g[1]:5.2f}" if g else ""
+                cells += f"{r[n]:>9.4f} {gain:>16}"
+            tail = "".join(f"{r[k]:>10.4f}" if k in r else f"{'':>10}"
+                           for k in ("true_area", "eom_area", "val_area"))  # fmt: skip
+            tail += f"{r['seconds']:>9.1f}" if "seconds" in r else f"{'':>9}"
+            tail += f"{r['time_x_pooled']:>9.2f}" if "time_x_pooled" in r else ""
+            print(f"{r['method']:<11}{cells}{tail}")
+
+
+def plot(records: list[dict[str, Any]], path: Path) -> None:
+    """Budget curves (mean over seeds): true revenue on the simulator, EOM on Hillstrom."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = list(dict.fromkeys(r["setting"] for r in records))
+    fig, axes = plt.subplots(1, len(settings), figsize=(5.5 * len(settings), 4.2), squeeze=False)
+    for ax, setting in zip(axes[0], settings, strict=True):
+        recs = [r for r in records if r["setting"] == setting]
+        key = "true_curve" if "true_curve" in recs[0] else "eom_curve"
+        for m in dict.fromkeys(r["method"] for r in recs):
+            curves = np.array([r[key] for r in recs if r["method"] == m])
+            style = "--" if m in TWO_STAGE else ("-" if m == "bi-dfcl" else ":")
+            ax.plot(np.arange(1, curves.shape[1] + 1), curves.mean(axis=0), style, label=m,
+                    lw=2.4 if m == "bi-dfcl" else 1.3)  # fmt: skip
+        ax.set_title(f"{setting} ({'true' if key == 'true_curve' else 'EOM'} revenue)")
+        ax.set_xlabel("budget level (1 = 10% ... 10 = 100% of the spend range)")
+        ax.set_ylabel("per-capita revenue")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--ratios", default="10,50", help="OBS:RCT ratios, comma separated")
+    parser.add_argument("--n-obs", type=int, default=50_000)
+    parser.add_argument("--n-test", type=int, default=50_000)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--config", help="TrainConfig JSON overrides for every method")
+    parser.add_argument("--hillstrom", help="Hillstrom CSV; its protocol runs only when given")
+    parser.add_argument(
+        "--seed-offset",
+        type=int,
+        default=0,
+        help="shift data seeds (development runs for tuning use 100+)",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (tiny nets: 1)")
+    parser.add_argument("--out", default=str(RESULTS), help="directory for JSON + PNG")
+    parser.add_argument("--tag", default="", help="suffix of the result file names")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds, args.n_obs, args.n_test = min(args.seeds, 2), 2000, 2000
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; choose from {METHODS}")
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    records: list[dict[str, Any]] = []
+    for ratio in (int(r) for r in args.ratios.split(",")):
+        for seed in range(args.seeds):
+            records += simulator_records(args, ratio, seed)
+    if args.hillstrom:
+        for seed in range(args.seeds):
+            records += hillstrom_records(args, seed)
+    rows = summarize(records)
+    print_table(rows)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = (
+        "decision_quality" + ("_quick" if args.quick else "") + (f"_{args.tag}" if args.tag else "")
+    )
+    payload = {
+        "command": " ".join(["python", *sys.argv]),
+        "seconds": time.perf_counter() - started,
+        "args": vars(args),
+        "summary": rows,
+        "records": records,
+    }
+    (out / f"{name}.json").write_text(json.dumps(payload, indent=1, default=float) + "\n")
+    plot(records, out / f"{name}.png")
+    print(f"\nwrote {out / name}.json and .png in {payload['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
