@@ -25,8 +25,8 @@ Tie rules (everything is deterministic):
 - hull: next vertex has the steepest slope, then the smallest extra cost (collinear points stay
   separate vertices), then the lowest index;
 - LP order: slope descending, then customer index ascending, then position along the hull;
-- greedy fill: per customer the best gain/cost ratio, then larger gain, then lowest index; across
-  customers ratio descending, then customer index ascending;
+- greedy fill: moves by gain/cost ratio descending, then larger gain, then customer index, then
+  treatment index; each taken while it fits, at most one per customer per round;
 - `dual_choice`: highest revenue - lam * cost, then lowest cost, then lowest index.
 """
 
@@ -34,8 +34,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from app.core._types import FloatArray, IntArray
 
@@ -188,9 +190,9 @@ def _lp_fill(
     """Take whole hull segments of `rows` in decreasing slope order while they fit `leftover`."""
     t, cur_c, cur_r = state[0].copy(), state[1].copy(), state[2].copy()
     path, slope, dcost = _hull(R[:, rows], C[:, rows], t[rows])
-    step, row = np.nonzero(slope > -np.inf)  # valid segments, (S,) each
+    row, step = np.nonzero(slope.T > -np.inf)  # valid segments in (row, step) order, (S,) each
     seg_slope, seg_dc = slope[step, row], dcost[step, row]
-    order = np.lexsort((step, row, -seg_slope))
+    order = np.argsort(-seg_slope, kind="stable")  # ties keep (row, step) order
     cum = np.cumsum(seg_dc[order])
     k = int(np.searchsorted(cum, leftover, side="right"))
     lam = float(seg_slope[order[k]]) if k < cum.size else lam_floor
@@ -262,76 +264,77 @@ def _bracket(R: FloatArray, C: FloatArray, total: float) -> tuple[float, State, 
     return lam_lo, hi, np.flatnonzero(lo[0] != hi[0])
 
 
-def _fill_candidates(R: FloatArray, C: FloatArray, state: State, rem: float) -> IntArray:
-    """Customers with an upgrade costing at most `rem` more that raises revenue. R, C: (K, N).
+def _upgrades(
+    R: FloatArray, C: FloatArray, state: State, rem: float, rows: IntArray | None
+) -> tuple[IntArray, IntArray, FloatArray, FloatArray]:
+    """(customer, treatment) moves that raise revenue and cost more, but at most `rem` more.
 
-    Current choices are never dominated, so higher revenue implies higher cost.
+    R, C: (K, N); rows: customers to scan (None = all). Returns row, treatment, dC, dR: (P,).
     """
-    _, cur_c, cur_r = state
-    any_ok = np.zeros(cur_c.size, bool)
+    t, cur_c, cur_r = state
+    if rows is None:
+        rows = np.arange(t.size)
+        Rs, Cs, cc, rc = R, C, cur_c, cur_r
+    else:
+        Rs, Cs, cc, rc = R[:, rows], C[:, rows], cur_c[rows], cur_r[rows]
+    found: list[tuple[IntArray, IntArray, FloatArray, FloatArray]] = []
     for j in range(R.shape[0]):
-        any_ok |= (C[j] - cur_c <= rem) & (R[j] > cur_r)
-    return np.flatnonzero(any_ok)
+        dr = Rs[j] - rc
+        dc = Cs[j] - cc
+        hit = np.flatnonzero((dr > 0) & (dc <= rem))
+        hit = hit[dc[hit] > 0]
+        found.append((rows[hit], np.full(hit.size, j), dc[hit], dr[hit]))
+    row, treatment, dcost, dgain = (np.concatenate(parts) for parts in zip(*found, strict=True))
+    return row, treatment, dcost, dgain
 
 
 def _greedy_fill(R: FloatArray, C: FloatArray, state: State, total: float) -> State:
     """Spend the leftover on upgrades with the best revenue gain per extra cost that fit."""
     t, cur_c, cur_r = state
-    rem = total - float(np.sum(cur_c))
-    rows = _fill_candidates(R, C, state, rem) if rem > 0 else np.arange(0)
+    rows: IntArray | None = None
     for _ in range(_FILL_ROUNDS):
-        if rem <= 0 or rows.size == 0:
-            break
-        Rs, Cs = R[:, rows], C[:, rows]  # (K, m)
-        cc, rc = cur_c[rows], cur_r[rows]
-        best, cheapest = np.full(rows.size, -np.inf), np.full(rows.size, np.inf)
-        bdc, bdr = np.zeros(rows.size), np.zeros(rows.size)
-        bj = np.full(rows.size, -1, np.int64)
-        for j in range(R.shape[0]):
-            dc, dr = Cs[j] - cc, Rs[j] - rc
-            ok = (dc > 0) & (dc <= rem) & (dr > 0)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ratio = np.where(ok, dr / dc, -np.inf)
-            better = ok & ((ratio > best) | ((ratio == best) & (dr > bdr)))
-            best = np.where(better, ratio, best)
-            bdc, bdr, bj = (
-                np.where(better, dc, bdc),
-                np.where(better, dr, bdr),
-                np.where(better, j, bj),
-            )
-            cheapest = np.where(ok, np.minimum(cheapest, dc), cheapest)
-        has = np.flatnonzero(bj >= 0)
-        if has.size == 0:
-            break
-        take = _take_fitting(best[has], bdc[has], rows[has], rem)
-        who, new_t = rows[has[take]], bj[has[take]]
-        t[who], cur_c[who], cur_r[who] = new_t, C[new_t, who], R[new_t, who]
         rem = total - float(np.sum(cur_c))
-        keep = cheapest[has] <= rem
-        keep[take] = True  # upgraded customers have new options
-        rows = rows[has[keep]]
+        if rem <= 0:
+            break
+        row, treatment, dcost, dgain = _upgrades(R, C, (t, cur_c, cur_r), rem, rows)
+        if row.size == 0:
+            break
+        take = _take_fitting(row, treatment, dcost, dgain, rem)
+        who, new_t = row[take], treatment[take]
+        t[who], cur_c[who], cur_r[who] = new_t, C[new_t, who], R[new_t, who]
+        rows = who  # every other customer's moves no longer fit; the upgraded have new ones
     return t, cur_c, cur_r
 
 
-def _take_fitting(ratio: FloatArray, dcost: FloatArray, row: IntArray, rem: float) -> IntArray:
-    """Walk candidates by ratio descending (then row ascending), taking each one that still fits.
+def _take_fitting(
+    row: IntArray, treatment: IntArray, dcost: FloatArray, dgain: FloatArray, rem: float
+) -> IntArray:
+    """Walk moves by gain/cost descending, taking each that still fits, one per customer.
 
-    Vectorised as repeated fitting prefixes over the shrinking pool. All inputs: (m,).
+    Order: ratio descending, then gain descending, then customer, then treatment. Vectorised as
+    repeated fitting prefixes over the shrinking pool. All inputs: (P,); returns positions.
     """
-    pool, taken = np.arange(ratio.size), []
+    ratio = dgain / dcost
+    keys = (treatment, row, -dgain, -ratio)
+    pool, taken = np.arange(row.size), []
     while pool.size:
-        take = pool[_best_prefix(ratio[pool], dcost[pool], row[pool], rem)]
+        take = pool[_best_prefix(ratio[pool], dcost[pool], [k[pool] for k in keys], rem)]
+        _, first = np.unique(row[take], return_index=True)  # a customer's best move only
+        take = take[np.sort(first)]
         taken.append(take)
         rem -= float(np.sum(dcost[take]))
-        pool = np.setdiff1d(pool, take, assume_unique=True)
+        pool = pool[~np.isin(row[pool], row[take])]
         pool = pool[dcost[pool] <= rem]
     return np.concatenate(taken) if taken else pool
 
 
-def _best_prefix(ratio: FloatArray, dcost: FloatArray, row: IntArray, rem: float) -> IntArray:
-    """Positions of the longest ratio-descending (then row-ascending) prefix whose cost fits.
+def _best_prefix(
+    ratio: FloatArray, dcost: FloatArray, keys: list[npt.NDArray[Any]], rem: float
+) -> IntArray:
+    """Positions of the longest prefix in lexsort(keys) order whose cost fits `rem`.
 
-    Sorts only the best few candidates unless the budget reaches further. All inputs: (m,).
+    keys rank by ratio last (primary); only the best few are sorted unless the budget reaches
+    further. ratio, dcost: (m,).
     """
     few = 64
     while True:
@@ -340,7 +343,7 @@ def _best_prefix(ratio: FloatArray, dcost: FloatArray, row: IntArray, rem: float
         else:  # every candidate at least as good as the few-th best, ties included
             cut = np.partition(-ratio, few - 1)[few - 1]
             sel = np.flatnonzero(-ratio <= cut)
-        order = sel[np.lexsort((row[sel], -ratio[sel]))]
+        order = sel[np.lexsort([k[sel] for k in keys])]
         cum = np.cumsum(dcost[order])
         if cum[-1] > rem or sel.size == ratio.size:
             return order[: int(np.searchsorted(cum, rem, side="right"))]
