@@ -41,9 +41,9 @@ import numpy.typing as npt
 
 from app.core._types import FloatArray, IntArray
 
-_SMALL_N = 32_768  # up to this many customers every hull is built; above, lam is bracketed first
+_SMALL_N = 4_096  # up to this many customers every hull is built; above, lam is bracketed first
 _CHUNK = 16_384  # customers per block in full sweeps, so temporaries stay in cache
-_SAMPLE = 16_384  # customers in the strided sample that brackets lam
+_SAMPLE = 8_192  # customers in the strided sample that brackets lam (at most N // 8)
 _BRACKET_MARGIN = 0.02  # relative budget margin of the first bracket; widened x4 until verified
 _FILL_ROUNDS = 12  # greedy rounds spending the leftover budget
 
@@ -210,7 +210,7 @@ def _sample_lams(R: FloatArray, C: FloatArray, total: float) -> Callable[[float]
     which the sample's cumulative hull spend passes f (inf for f <= 0, 0 past the last segment).
     """
     n = R.shape[1]
-    sample = np.arange(0, n, n // _SAMPLE)
+    sample = np.arange(0, n, max(8, n // _SAMPLE))
     Rs, Cs = R[:, sample], C[:, sample]
     start = _extreme(Rs, Cs, cheapest=True)
     _, slope, dcost = _hull(Rs, Cs, start[0])

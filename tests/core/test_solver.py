@@ -243,7 +243,7 @@ def test_bracketed_path_agrees_with_full_hulls(
     fraction: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rng = np.random.default_rng(5)
-    n, k = 40_000, 4  # above the size where lam is bracketed on a sample
+    n, k = 20_000, 4  # above the size where lam is bracketed on a sample
     cost = np.round(rng.exponential(1.0, (n, k)), 2)
     revenue = np.round(rng.normal(1.0, 1.0, (n, k)), 2)
     lo, hi = cost.min(axis=1).sum(), cost[np.arange(n), revenue.argmax(axis=1)].sum()
@@ -257,9 +257,28 @@ def test_bracketed_path_agrees_with_full_hulls(
 
 
 def test_bracketed_path_infeasible() -> None:
-    cost = np.ones((40_000, 3))
-    with pytest.raises(InfeasibleBudget, match="minimum feasible budget is 40000"):
-        allocate(np.zeros((40_000, 3)), cost, 39_999.0)
+    cost = np.ones((10_000, 3))
+    with pytest.raises(InfeasibleBudget, match="minimum feasible budget is 10000"):
+        allocate(np.zeros((10_000, 3)), cost, 9_999.0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_bracketed_path_agrees_on_awkward_instances(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(seed)
+    n, k = int(rng.integers(5_000, 12_000)), int(rng.integers(2, 7))
+    cost = rng.choice([0.0, 0.0, 1.0, 2.0, 3.5, 10.0], size=(n, k))  # zero and equal costs
+    revenue = np.round(rng.normal(0.0, 2.0, (n, k)), 1)  # negative revenue, many ties
+    lo, top = cost.min(axis=1).sum(), cost[np.arange(n), revenue.argmax(axis=1)].sum()
+    budget = float(lo + rng.uniform(0.02, 0.98) * (top - lo))  # the budget binds
+    fast = allocate(revenue, cost, budget)
+    monkeypatch.setattr(solver, "_SMALL_N", 10**9)
+    full = allocate(revenue, cost, budget)
+    assert fast.cost <= budget and full.cost <= budget
+    assert fast.lam > 0 and fast.lam == pytest.approx(full.lam, rel=1e-9)
+    spread = float((revenue.max(axis=1) - revenue.min(axis=1)).max())
+    assert abs(fast.revenue - full.revenue) <= spread
 
 
 def test_repair_undoes_least_valuable_upgrades_until_within_budget() -> None:
