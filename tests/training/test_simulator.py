@@ -118,3 +118,23 @@ def test_params_are_validated() -> None:
         simulate(bias=-1.0)
     with pytest.raises(ValueError, match="policy has shape"):
         simulate(n_obs=10, n_rct=10, n_test=10).true_value(np.zeros(3, dtype=np.int64))
+
+
+def test_evaluate_predictions_binary_reports_aucc_and_truth() -> None:
+    from training.data.tables import Table
+    from training.evaluate import evaluate_predictions
+
+    data = simulate(n_obs=10, n_rct=10, n_test=20_000, n_treatments=2, seed=2)
+    test = data.test
+    logged = [test[c].to_numpy() for c in ("treatment", "revenue", "cost", "propensity")]
+    table = Table(test.drop(columns=["treatment", "revenue", "cost", "propensity"]), *logged,
+                  path=Path("test"), n_treatments=2)  # fmt: skip
+    truth = (data.truth_revenue, data.truth_cost)
+    good = evaluate_predictions(table, *truth, n_budgets=5, truth=truth)
+    flat = evaluate_predictions(table, np.ones((20_000, 2)), data.truth_cost, truth=truth)
+    assert good.aucc is not None and flat.aucc is not None
+    assert good.aucc > flat.aucc and good.summary()["aucc"] == good.aucc
+    assert good.frame().shape == (5, 8)
+    assert good.true_cost is not None and np.all(good.true_cost <= good.curve.budget + 0.05)
+    with pytest.raises(ValueError, match="predictions have 3 rows"):
+        evaluate_predictions(table, np.ones((3, 2)), np.ones((3, 2)))
