@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -179,6 +182,26 @@ def prepare_schema(engine: Engine, settings: Settings) -> None:
             "`alembic upgrade head` or start with DFCL_AUTO_MIGRATE=true"
         )
     log.info("migrating database from %s to %s", current, head)
-    with engine.begin() as connection:
+    with _sqlite_migration_lock(engine), engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        command.upgrade(config, "head")  # Postgres: env.py takes an advisory lock
+
+
+@contextmanager
+def _sqlite_migration_lock(engine: Engine) -> Iterator[None]:
+    """One migrating process per SQLite file (several workers may start at once).
+
+    pysqlite runs DDL outside a transaction, so the database itself cannot serialise two
+    upgrades; an exclusive lock on a file beside it does, and the second process then finds
+    the schema at head (Alembic re-reads the version inside the lock).
+    """
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.migrate-lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

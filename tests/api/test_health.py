@@ -90,3 +90,28 @@ def test_service_never_imports_torch() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_concurrent_startups_migrate_once(db_kind_fresh_url: str) -> None:
+    """Worker processes starting together on a fresh database all come up (one migrates)."""
+    code = (
+        "import sys\n"
+        "from app.config import Settings\n"
+        "from app.db import make_engine, prepare_schema\n"
+        "settings = Settings(database_url=sys.argv[1])\n"
+        "engine = make_engine(settings)\n"
+        "prepare_schema(engine, settings)\n"
+        "engine.dispose()\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, db_kind_fresh_url], stderr=subprocess.PIPE)
+        for _ in range(3)
+    ]
+    errors = [p.communicate(timeout=120)[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    url = db_kind_fresh_url.replace("postgresql://", "postgresql+psycopg://")
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        versions = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars()
+        assert versions.all() == ["0001"]
+    engine.dispose()
