@@ -159,3 +159,16 @@ def test_concurrent_allocations_during_activation(
     stored = client.get("/v1/allocations", params={"campaign": "load", "limit": 100}).json()
     assert len(stored["items"]) == 24
     assert all(item["n_customers"] == 30 for item in stored["items"])
+
+
+def test_register_a_directory_already_in_the_registry(
+    bare_client: TestClient, model_sources: dict[str, Path]
+) -> None:
+    """Training may export straight into models/<version>/: registering it copies nothing."""
+    models_dir: Path = bare_client.app.state.settings.models_dir  # type: ignore[attr-defined]
+    target = models_dir / "tiny-v2"
+    shutil.copytree(model_sources["v2"], target)
+    r = bare_client.post("/v1/models", json={"path": str(target)})
+    assert r.status_code == 201 and r.json()["version"] == "tiny-v2"
+    assert sorted(p.name for p in models_dir.iterdir()) == ["tiny-v2"]  # no staging leftovers
+    assert (target / "model.onnx").read_bytes() == (model_sources["v2"] / "model.onnx").read_bytes()
