@@ -4,20 +4,16 @@ Problem: maximise sum_i revenue[i, t_i] subject to sum_i cost[i, t_i] <= budget,
 customer (ALGORITHMS.md section 1). Costs may be zero, equal or negative and in any order; revenue
 may be negative; treatment 0 is not assumed to be free.
 
-Method (Sinha-Zoltners):
-1. Each customer starts on its cheapest treatment. If these starts already exceed the budget,
-   `InfeasibleBudget` reports the minimum feasible budget. If the unconstrained best assignment
-   fits, it is returned with lam = 0.
-2. Each customer's upper convex hull of (cost, revenue) points, walked from its start, gives
-   segments with dC > 0, dR > 0 and non-increasing slope dR/dC. The LP relaxation takes segments
-   in decreasing slope order until the leftover budget runs out; the slope of the first segment
-   that does not fit whole is the LP multiplier `lam` (shadow price of cost). For large N the
-   multiplier is first bracketed on a strided sample and the bracket verified on every customer;
-   only customers whose dual choice differs across the bracket need their hull.
-3. The integral assignment keeps every whole segment before `lam`; the leftover budget then goes
-   to the upgrades with the largest revenue gain per extra cost that still fit (a few rounds).
-4. Totals are recomputed from the chosen entries; if rounding ever pushed the cost above the
-   budget, the least valuable upgrades are undone, so `cost <= budget` always holds.
+Method (Sinha-Zoltners): 1. everyone on the cheapest treatment; above the budget ->
+`InfeasibleBudget` with the minimum budget; if the unconstrained best fits, return it (lam = 0).
+2. Each customer's upper convex hull of (cost, revenue), walked from its start, gives segments
+with dC > 0, dR > 0 and non-increasing slope; the LP relaxation takes them by decreasing slope
+until the budget runs out, and the slope of the first one that does not fit whole is the LP
+multiplier `lam`. For large N, lam is bracketed on a strided sample, the bracket is verified on
+all customers, and only customers whose dual choice differs across it need their hull.
+3. Keep the whole segments; spend the leftover on moves with the best revenue gain per extra cost
+that still fit. 4. Recompute totals; should rounding ever exceed the budget, undo the least
+valuable upgrades, so `cost <= budget` always holds.
 
 Tie rules (everything is deterministic):
 - start: lowest cost, then highest revenue, then lowest index;
@@ -102,17 +98,22 @@ def _columns(revenue: object, cost: object) -> tuple[FloatArray, FloatArray]:
     return np.ascontiguousarray(rev.T), np.ascontiguousarray(cst.T)
 
 
-def _extreme(R: FloatArray, C: FloatArray, cheapest: bool) -> State:
-    """Cheapest (then richest) or richest (then cheapest) treatment; R, C: (K, N) -> 3 x (N,)."""
-    first, second = (C, -R) if cheapest else (-R, C)
-    idx = np.zeros(R.shape[1], np.int64)
+def _lexmin(first: FloatArray, second: FloatArray) -> IntArray:
+    """Per customer: minimise `first`, then `second`, then the index. (K, N) -> (N,)."""
+    idx = np.zeros(first.shape[1], np.int64)
     b1, b2 = first[0].copy(), second[0].copy()
-    for j in range(1, R.shape[0]):
+    for j in range(1, first.shape[0]):
         better = (first[j] < b1) | ((first[j] == b1) & (second[j] < b2))
         np.copyto(idx, j, where=better)
         np.copyto(b1, first[j], where=better)
         np.copyto(b2, second[j], where=better)
-    return (idx, b1, -b2) if cheapest else (idx, b2, -b1)
+    return idx
+
+
+def _state(R: FloatArray, C: FloatArray, idx: IntArray) -> State:
+    """Treatment with its cost and revenue per customer. R, C: (K, N); idx: (N,)."""
+    cols = np.arange(idx.size)
+    return idx, C[idx, cols], R[idx, cols]
 
 
 def _dual_states(R: FloatArray, C: FloatArray, lams: list[float]) -> list[State]:
@@ -151,8 +152,7 @@ def _hull(R: FloatArray, C: FloatArray, start: IntArray) -> tuple[IntArray, Floa
     K, m = R.shape
     cols = np.arange(m)
     path = np.tile(start, (K, 1))
-    slope = np.full((K - 1, m), -np.inf)
-    dcost = np.zeros((K - 1, m))
+    slope, dcost = np.full((K - 1, m), -np.inf), np.zeros((K - 1, m))
     cur_c, cur_r = C[start, cols], R[start, cols]
     prev = np.full(m, np.inf)
     active = cols
@@ -161,8 +161,7 @@ def _hull(R: FloatArray, C: FloatArray, start: IntArray) -> tuple[IntArray, Floa
             break
         Ra, Ca = R[:, active], C[:, active]  # (K, a)
         cc, rc = cur_c[active], cur_r[active]
-        best = np.full(active.size, -np.inf)
-        bdc = np.full(active.size, np.inf)
+        best, bdc = np.full(active.size, -np.inf), np.full(active.size, np.inf)
         bj = np.full(active.size, -1, np.int64)
         for j in range(K):
             dc, dr = Ca[j] - cc, Ra[j] - rc
@@ -170,15 +169,15 @@ def _hull(R: FloatArray, C: FloatArray, start: IntArray) -> tuple[IntArray, Floa
             with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
                 sl = np.where(ok, dr / dc, -np.inf)
             better = ok & ((sl > best) | ((sl == best) & (dc < bdc)))
-            best = np.where(better, sl, best)
-            bdc = np.where(better, dc, bdc)
-            bj = np.where(better, j, bj)
+            best, bdc, bj = (
+                np.where(better, sl, best),
+                np.where(better, dc, bdc),
+                np.where(better, j, bj),
+            )
         pos = np.flatnonzero(bj >= 0)
         active, bj = active[pos], bj[pos]
         capped = np.minimum(best[pos], prev[active])
-        slope[step - 1, active] = capped
-        dcost[step - 1, active] = bdc[pos]
-        prev[active] = capped
+        slope[step - 1, active], dcost[step - 1, active], prev[active] = capped, bdc[pos], capped
         path[step:, active] = bj
         cur_c[active], cur_r[active] = Ca[bj, pos], Ra[bj, pos]
     return path, slope, dcost
@@ -212,7 +211,7 @@ def _sample_lams(R: FloatArray, C: FloatArray, total: float) -> Callable[[float]
     n = R.shape[1]
     sample = np.arange(0, n, max(8, n // _SAMPLE))
     Rs, Cs = R[:, sample], C[:, sample]
-    start = _extreme(Rs, Cs, cheapest=True)
+    start = _state(Rs, Cs, _lexmin(Cs, -Rs))
     _, slope, dcost = _hull(Rs, Cs, start[0])
     valid = slope > -np.inf
     order = np.argsort(-slope[valid], kind="stable")
@@ -241,9 +240,9 @@ def _bracket(R: FloatArray, C: FloatArray, total: float) -> tuple[float, State, 
     lam_hi, lam_lo = lam_at(1.0 - up), lam_at(1.0 + down)
     hi, lo = _dual_states(R, C, [lam_hi if np.isfinite(lam_hi) else 1.0, lam_lo])
     if lam_lo == 0.0:  # richest choice with the documented tie rule (lowest cost)
-        lo = _extreme(R, C, cheapest=False)
+        lo = _state(R, C, _lexmin(-R, C))
     while float(np.sum(hi[1])) > total or not np.isfinite(lam_hi):
-        start = _extreme(R, C, cheapest=True)
+        start = _state(R, C, _lexmin(C, -R))
         if float(np.sum(start[1])) > total:
             raise InfeasibleBudget(total, float(np.sum(start[1])))
         up *= 4.0
@@ -258,7 +257,7 @@ def _bracket(R: FloatArray, C: FloatArray, total: float) -> tuple[float, State, 
         down *= 4.0
         lam_lo = lam_at(1.0 + down)
         if lam_lo == 0.0:
-            lo = _extreme(R, C, cheapest=False)
+            lo = _state(R, C, _lexmin(-R, C))
         else:
             (lo,) = _dual_states(R, C, [lam_lo])
     return lam_lo, hi, np.flatnonzero(lo[0] != hi[0])
@@ -388,10 +387,10 @@ def allocate(
     if n > _SMALL_N:
         lam_floor, start, rows = _bracket(R, C, total)
     else:
-        start = _extreme(R, C, cheapest=True)
+        start = _state(R, C, _lexmin(C, -R))
         if float(np.sum(start[1])) > total:
             raise InfeasibleBudget(total, float(np.sum(start[1])))
-        top = _extreme(R, C, cheapest=False)
+        top = _state(R, C, _lexmin(-R, C))
         if float(np.sum(top[1])) <= total:
             return _result(top, 0.0, total)
         lam_floor, rows = 0.0, np.arange(n)
@@ -419,13 +418,4 @@ def dual_choice(revenue: object, cost: object, lam: float) -> IntArray:
     lam = float(lam)
     if not np.isfinite(lam):
         raise ValueError(f"lam must be finite, got {lam!r}")
-    best = R[0] - lam * C[0]
-    bc = C[0].copy()
-    idx = np.zeros(R.shape[1], np.int64)
-    for j in range(1, R.shape[0]):
-        score = R[j] - lam * C[j]
-        better = (score > best) | ((score == best) & (C[j] < bc))
-        np.copyto(idx, j, where=better)
-        np.copyto(best, score, where=better)
-        np.copyto(bc, C[j], where=better)
-    return idx
+    return _lexmin(lam * C - R, C)
