@@ -160,20 +160,15 @@ def _hull(R: FloatArray, C: FloatArray, start: IntArray) -> tuple[IntArray, Floa
         if active.size == 0:
             break
         Ra, Ca = R[:, active], C[:, active]  # (K, a)
-        cc, rc = cur_c[active], cur_r[active]
-        best, bdc = np.full(active.size, -np.inf), np.full(active.size, np.inf)
-        bj = np.full(active.size, -1, np.int64)
-        for j in range(K):
-            dc, dr = Ca[j] - cc, Ra[j] - rc
-            ok = (dc > 0) & (dr > 0)
-            with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-                sl = np.where(ok, dr / dc, -np.inf)
-            better = ok & ((sl > best) | ((sl == best) & (dc < bdc)))
-            best, bdc, bj = (
-                np.where(better, sl, best),
-                np.where(better, dc, bdc),
-                np.where(better, j, bj),
-            )
+        dc, dr = Ca - cur_c[active], Ra - cur_r[active]  # (K, a)
+        ok = (dc > 0) & (dr > 0)
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+            sl = np.where(ok, dr / dc, -np.inf)
+        best = sl.max(axis=0)
+        # steepest, then smallest extra cost, then lowest index (argmin keeps the first)
+        bj = np.where(sl == best, dc, np.inf).argmin(axis=0)
+        bj[best == -np.inf] = -1
+        bdc = dc[bj, np.arange(active.size)]
         pos = np.flatnonzero(bj >= 0)
         active, bj = active[pos], bj[pos]
         capped = np.minimum(best[pos], prev[active])
