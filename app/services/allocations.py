@@ -40,10 +40,11 @@ def _encode(model: OnnxModel, customers: list[CustomerIn]) -> np.ndarray:
     try:
         return model.spec.encode_records([c.features for c in customers])
     except FeatureError as exc:
+        # The contract puts the first bad row in the message ("... row 17 ..."), not an attribute.
         found = _ROW.search(str(exc))
-        if found is None or int(found.group(1)) >= len(customers):
+        row = getattr(exc, "row", None) or (int(found.group(1)) if found else None)
+        if not isinstance(row, int) or row >= len(customers):
             raise InvalidInput(f"features: {exc}") from None
-        row = int(found.group(1))
         customer = customers[row].id
         raise InvalidInput(
             f"customer {customer!r} (customers[{row}]): {exc}", customer_id=customer
