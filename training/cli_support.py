@@ -64,3 +64,28 @@ def run_train(
 def run_export(checkpoint_dir: Path) -> dict[str, Any]:
     """Re-export model.onnx + model.json from a checkpoint directory."""
     return export_checkpoint(Path(checkpoint_dir))
+
+
+def model_predictions(model_dir: Path, features: Any) -> tuple[Any, Any]:
+    """Revenue and cost (N, K) of an exported model on raw feature columns, via onnxruntime.
+
+    Encodes with the model's own feature spec (as the service does), so `dfcl evaluate` can take
+    `--model DIR` with one call to this function.
+    """
+    import numpy as np
+    import onnxruntime as ort
+
+    from app.core.features import FeatureSpec
+
+    model_dir = Path(model_dir)
+    try:
+        description = json.loads((model_dir / "model.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{model_dir / 'model.json'}: cannot read ({exc})") from None
+    spec = FeatureSpec.from_json(description["feature_spec"])
+    x = np.ascontiguousarray(spec.encode(features), dtype=np.float32)
+    session = ort.InferenceSession(
+        str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    revenue, cost = session.run(["revenue", "cost"], {"features": x})
+    return revenue.astype(np.float64), cost.astype(np.float64)
