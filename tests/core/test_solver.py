@@ -288,3 +288,18 @@ def test_repair_undoes_least_valuable_upgrades_until_within_budget() -> None:
     assert cost.sum() <= 4.5
     assert t.tolist() == [1, 0, 1, 1]  # the upgrade with the lowest gain per cost (1.0) is undone
     assert revenue.tolist() == [5.0, 0.0, 9.0, 0.0]
+
+
+def test_negative_costs_within_budget_and_bounds() -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        n, k = int(rng.integers(1, 8)), int(rng.integers(1, 5))
+        revenue = np.round(rng.normal(2.0, 2.0, (n, k)), 1)
+        cost = np.round(rng.normal(1.0, 2.0, (n, k)), 1)  # some treatments pay back budget
+        lo, hi = cost.min(axis=1).sum(), cost.max(axis=1).sum()
+        budget = max(0.0, float(lo + rng.random() * (hi - lo)))  # >= lo: feasible
+        alloc = allocate(revenue, cost, budget)
+        check_feasible(alloc, revenue, cost, budget)
+        spread = float((revenue.max(axis=1) - revenue.min(axis=1)).max())
+        assert alloc.revenue >= highs_optimum(revenue, cost, budget, integer=False) - spread - 1e-7
+        assert alloc.revenue <= highs_optimum(revenue, cost, budget, integer=True) + 1e-7
