@@ -176,7 +176,7 @@ def test_per_capita_budget() -> None:
 
 def test_deterministic_large_instance() -> None:
     rng = np.random.default_rng(11)
-    n, k = 50_000, 4  # above the size where lam is bracketed on a sample
+    n, k = 10_000, 4  # above the size where lam is bracketed on a sample
     cost = np.round(rng.exponential(1.0, (n, k)), 1)
     revenue = np.round(rng.normal(1.0, 1.0, (n, k)), 1)
     budget = float(cost.min(axis=1).sum() + 0.3 * (cost.max(axis=1) - cost.min(axis=1)).sum())
