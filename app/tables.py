@@ -8,12 +8,15 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Double,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     String,
+    Text,
     UniqueConstraint,
     Uuid,
     text,
@@ -68,6 +71,13 @@ class Allocation(Base):
     n_customers: Mapped[int] = mapped_column(Integer)
     expected_revenue: Mapped[float] = mapped_column(Double)
     expected_cost: Mapped[float] = mapped_column(Double)
+    # Exploration (issue 6): share of customers given a uniformly random treatment, and the
+    # seed of this allocation's draw, so it can be reproduced from the stored features.
+    exploration_rate: Mapped[float] = mapped_column(
+        Double, default=0.0, server_default=text("0")
+    )
+    seed: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    n_explored: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
 
 class Decision(Base):
@@ -86,5 +96,64 @@ class Decision(Base):
     # Probability that the service chose this treatment; 1 while allocation is deterministic.
     propensity: Mapped[float] = mapped_column(Double, default=1.0, server_default=text("1.0"))
     explored: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    # Raw request features, so a decision joined with its outcome becomes a training row.
+    features: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     __table_args__ = (UniqueConstraint("allocation_id", "customer_id"),)
+
+
+class Outcome(Base):
+    """Observed revenue and cost of one customer of one allocation (upserted)."""
+
+    __tablename__ = "outcomes"
+
+    allocation_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    revenue: Mapped[float] = mapped_column(Double)
+    cost: Mapped[float] = mapped_column(Double)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        # Only customers of that allocation can have an outcome.
+        ForeignKeyConstraint(
+            ["allocation_id", "customer_id"],
+            ["decisions.allocation_id", "decisions.customer_id"],
+            ondelete="CASCADE",
+        ),
+    )
+
+
+class RetrainJob(Base):
+    """A background retraining run: its parameters, progress and champion/challenger result."""
+
+    __tablename__ = "retrain_jobs"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    status: Mapped[str] = mapped_column(String(16))  # queued | running | succeeded | failed
+    # True while queued or running; a partial unique index allows one such row.
+    in_progress: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=text("false")
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the job's process
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)  # the request, as accepted
+    workdir: Mapped[str] = mapped_column(String(4096))  # data, model and job.log
+    champion_version: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    new_version: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    activated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # rows, sha256
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    comparison: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    __table_args__ = (
+        Index(
+            "uq_retrain_jobs_one_in_progress",
+            "in_progress",
+            unique=True,
+            sqlite_where=text("in_progress"),
+            postgresql_where=text("in_progress"),
+        ),
+    )

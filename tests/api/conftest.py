@@ -191,7 +191,7 @@ def db_url(request: pytest.FixtureRequest) -> str:
     url: str = request.getfixturevalue(f"{request.param}_url")
     engine = sa.create_engine(database_url(Settings(database_url=url)))
     with engine.begin() as conn:
-        for table in ("decisions", "allocations", "model_versions"):
+        for table in ("outcomes", "retrain_jobs", "decisions", "allocations", "model_versions"):
             conn.execute(sa.text(f"DELETE FROM {table}"))
     engine.dispose()
     return url
