@@ -66,6 +66,15 @@ class AllocationCreate(BaseModel):
     model_version: str | None = Field(
         None, max_length=128, description="A registered version; default: the active one."
     )
+    exploration_rate: float | None = Field(
+        None, ge=0.0, le=1.0, allow_inf_nan=False,
+        description="Share of customers (each independently) given a uniformly random treatment; "
+        "their predicted cost is charged first and the rest of the budget is solved. Default: "
+        "DFCL_EXPLORATION_RATE.",
+    )  # fmt: skip
+    seed: int | None = Field(
+        None, ge=0, lt=2**63, description="Seed of the exploration draw (to replay one); default: new."
+    )
 
     @model_validator(mode="after")
     def _unique_ids(self) -> AllocationCreate:
@@ -86,6 +95,10 @@ class DecisionRead(BaseModel):
     treatment_name: str
     expected_revenue: float
     expected_cost: float
+    propensity: float = Field(
+        1.0, description="Probability the service chose this treatment for this customer."
+    )
+    explored: bool = Field(False, description="Treatment drawn at random (exploration).")
 
 
 class AllocationSummary(BaseModel):
@@ -104,6 +117,9 @@ class AllocationSummary(BaseModel):
     n_customers: int
     expected_revenue: float
     expected_cost: float
+    exploration_rate: float = 0.0
+    seed: int | None = Field(None, description="Exploration seed (null without exploration).")
+    n_explored: int = 0
 
 
 class AllocationRead(AllocationSummary):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -11,16 +12,16 @@ from typing import Any, cast
 
 import numpy as np
 from sqlalchemy import Table, insert, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from app.core.features import FeatureError
-from app.core.solver import allocate
 from app.db import begin_write
 from app.errors import InvalidInput, ModelOutputInvalid, NotFound, TooManyCustomers
 from app.inference import OnnxModel
 from app.registry import Registry
 from app.schemas import AllocationCreate, CustomerIn
 from app.services import models
+from app.services.exploration import allocate_with_exploration, new_seed
 from app.tables import Allocation, Decision, ModelVersion
 
 _ROW = re.compile(r"\brow (\d+)\b")
@@ -60,37 +61,47 @@ _DECISION_COLUMNS = (
     "expected_cost",
     "propensity",
     "explored",
+    "features",
 )
 
 
 def _insert_decisions(
     session: Session,
     allocation_id: uuid.UUID,
-    columns: tuple[list[str], list[int], list[float], list[float]],
+    columns: tuple[list[str], list[int], list[float], list[float], list[float], list[bool]],
+    features: list[dict[str, Any]],
 ) -> None:
     """Write all N decision rows in one bulk operation (never a per-row ORM loop).
 
     PostgreSQL: COPY, about twice as fast as a multi-row INSERT at 10k rows; elsewhere one
     executemany of a core insert (no ORM bookkeeping, 3x faster than ORM bulk insert).
     """
-    rows = zip(*columns, strict=True)
+    rows = zip(*columns, features, strict=True)
     if session.get_bind().dialect.name == "postgresql":
         cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
         with cursor.copy(f"COPY decisions ({', '.join(_DECISION_COLUMNS)}) FROM STDIN") as copy:
-            for position, (customer_id, t, r, c) in enumerate(rows):
-                copy.write_row((allocation_id, position, customer_id, t, r, c, 1.0, False))
+            for position, (*row, x) in enumerate(rows):
+                copy.write_row((allocation_id, position, *row, json.dumps(x)))
         return
     values = [
-        dict(zip(_DECISION_COLUMNS, (allocation_id, position, *row, 1.0, False), strict=True))
+        dict(zip(_DECISION_COLUMNS, (allocation_id, position, *row), strict=True))
         for position, row in enumerate(rows)
     ]
     session.execute(insert(cast(Table, Decision.__table__)), values)
 
 
 def create(
-    session: Session, registry: Registry, body: AllocationCreate, *, max_customers: int
+    session: Session,
+    registry: Registry,
+    body: AllocationCreate,
+    *,
+    max_customers: int,
+    exploration_rate: float = 0.0,
 ) -> Created:
-    """Choose one treatment per customer within the budget and store all of it in one go."""
+    """Choose one treatment per customer within the budget and store all of it in one go.
+
+    `exploration_rate` is the default when the body does not set one (services/exploration.py).
+    """
     n_customers = len(body.customers)
     if n_customers > max_customers:
         raise TooManyCustomers(
@@ -109,7 +120,10 @@ def create(
             f"model {model.version} predicted a non-finite value for customer "
             f"{body.customers[bad].id!r}"
         )
-    solution = allocate(revenue, cost, body.budget, per_capita=body.per_capita)
+    rate = body.exploration_rate if body.exploration_rate is not None else exploration_rate
+    seed = (body.seed if body.seed is not None else new_seed()) if rate > 0 else None
+    total_budget = body.budget * (n_customers if body.per_capita else 1)
+    solution = allocate_with_exploration(revenue, cost, total_budget, rate, seed or 0)
     t3 = perf_counter()
     rows = np.arange(n_customers)
     treatment = solution.treatment
@@ -128,10 +142,20 @@ def create(
         n_customers=n_customers,
         expected_revenue=float(solution.revenue),
         expected_cost=float(solution.cost),
+        exploration_rate=rate,
+        seed=seed,
+        n_explored=int(solution.explored.sum()),
     )
     # Response first, writes last: the write transaction (SQLite: the write lock) stays short.
     ids = [c.id for c in body.customers]
-    columns = (ids, treatment.tolist(), chosen_revenue.tolist(), chosen_cost.tolist())
+    columns = (
+        ids,
+        treatment.tolist(),
+        chosen_revenue.tolist(),
+        chosen_cost.tolist(),
+        solution.propensity.tolist(),
+        solution.explored.tolist(),
+    )
     names = model.treatments
     decisions = [
         {
@@ -140,14 +164,16 @@ def create(
             "treatment_name": names[t],
             "expected_revenue": r,
             "expected_cost": c,
+            "propensity": p,
+            "explored": e,
         }
-        for customer_id, t, r, c in zip(*columns, strict=True)
+        for customer_id, t, r, c, p, e in zip(*columns, strict=True)
     ]
     t4 = perf_counter()
     begin_write(session)
     session.add(allocation)
     session.flush()
-    _insert_decisions(session, allocation.id, columns)
+    _insert_decisions(session, allocation.id, columns, [c.features for c in body.customers])
     t5 = perf_counter()
     timings = {
         "encode": (t1 - t0) * 1e3,
@@ -175,6 +201,9 @@ def _read(
         "n_customers": allocation.n_customers,
         "expected_revenue": allocation.expected_revenue,
         "expected_cost": allocation.expected_cost,
+        "exploration_rate": allocation.exploration_rate,
+        "seed": allocation.seed,
+        "n_explored": allocation.n_explored,
         "decisions": decisions,
         "decisions_offset": offset,
         "decisions_next_offset": next_offset,
@@ -190,6 +219,7 @@ def get(session: Session, allocation_id: uuid.UUID, *, limit: int, offset: int) 
     names = version.treatments if version is not None else []
     stmt = (
         select(Decision)
+        .options(defer(Decision.features))  # kept for retraining, not shown
         .where(Decision.allocation_id == allocation_id)
         .order_by(Decision.position)
         .offset(offset)
@@ -202,6 +232,8 @@ def get(session: Session, allocation_id: uuid.UUID, *, limit: int, offset: int) 
             "treatment_name": names[d.treatment] if d.treatment < len(names) else str(d.treatment),
             "expected_revenue": d.expected_revenue,
             "expected_cost": d.expected_cost,
+            "propensity": d.propensity,
+            "explored": d.explored,
         }
         for d in session.scalars(stmt)
     ]
