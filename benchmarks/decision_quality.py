@@ -37,6 +37,8 @@ BUDGET_NAMES = ("low", "mid", "high")
 # Bi-DFCL settings chosen on development simulations (data seeds offset by 100, never the
 # benchmark's) by validation EOM area: RCT-fine-tuned pooled teacher, bridge gate on every arm.
 BIDFCL = {"teacher_init": "pooled", "bridge_factual": True, "teacher_epochs": 10}
+# Extra labelled runs of a method with changed settings (PIFD had the best dev validation area).
+VARIANTS = {"bi-dfcl-pifd": ("bi-dfcl", {"upper_loss": "pifd"})}
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
@@ -90,11 +92,12 @@ def evaluate(result: Any, test: Table, truth: tuple[np.ndarray, ...] | None,
     return out
 
 
-def _config(args: argparse.Namespace, method: str, seed: int, n_obs: int) -> TrainConfig:
+def _config(args: argparse.Namespace, label: str, seed: int, n_obs: int) -> TrainConfig:
     """Benchmark config: every method gets the same number of optimizer steps per epoch."""
     base: dict[str, Any] = json.loads(Path(args.config).read_text()) if args.config else {}
+    method, changes = VARIANTS.get(label, (label, {}))
     if method == "bi-dfcl":
-        base = {**BIDFCL, **base}
+        base = {**BIDFCL, **changes, **base}
     if args.quick:
         base = {"epochs": 3, "warm_start_epochs": 2, "teacher_epochs": 3, "hidden": (16, 8),
                 "rct_upper_batch": 512, "n_cg": 5, **base}  # fmt: skip
@@ -114,7 +117,7 @@ def _run_methods(args: argparse.Namespace, setting: str, seed: int, rct: Table, 
                **evaluate(result, test, truth, budgets, grid)}  # fmt: skip
         records.append(rec)
         shown = rec.get("true_revenue", rec["eom_revenue"])
-        print(f"  [{setting} seed {seed}] {method:<10} {result.seconds:6.1f}s  revenue "
+        print(f"  [{setting} seed {seed}] {method:<12} {result.seconds:6.1f}s  revenue "
               + " ".join(f"{v:.4f}" for v in shown) + f"  val_area {rec['val_area']:.4f}",
               flush=True)  # fmt: skip
     return records
@@ -124,7 +127,8 @@ def simulator_records(args: argparse.Namespace, ratio: int, seed: int) -> list[d
     """Simulate one data set, train every method, evaluate against the ground truth."""
     n_rct = max(args.n_obs // ratio, 20)
     sim_seed = 1000 * ratio + seed + args.seed_offset
-    sim = simulate(n_obs=args.n_obs, n_rct=n_rct, n_test=args.n_test, seed=sim_seed)
+    bias = {} if args.bias is None else {"bias": args.bias}
+    sim = simulate(n_obs=args.n_obs, n_rct=n_rct, n_test=args.n_test, seed=sim_seed, **bias)
     with tempfile.TemporaryDirectory() as tmp:
         data = load_dataset(sim.write(tmp))
         truth = _stacked_truth(sim.truth_revenue, sim.truth_cost)
@@ -203,7 +207,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             f"\n== {setting}: {what} per-capita revenue at equal realized spend; gain vs best "
             f"two-stage per budget ({'/'.join(sub[0]['best_two_stage'])}), mean ± 95% CI =="
         )
-        head = f"{'method':<11}" + "".join(f"{n:>26}" for n in BUDGET_NAMES)
+        head = f"{'method':<13}" + "".join(f"{n:>26}" for n in BUDGET_NAMES)
         print(
             head + f"{'true area':>10}{'EOM area':>10}{'val area':>10}{'train s':>9}{'x pooled':>9}"
         )
@@ -217,7 +221,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                            for k in ("true_area", "eom_area", "val_area"))  # fmt: skip
             tail += f"{r['seconds']:>9.1f}" if "seconds" in r else f"{'':>9}"
             tail += f"{r['time_x_pooled']:>9.2f}" if "time_x_pooled" in r else ""
-            print(f"{r['method']:<11}{cells}{tail}")
+            print(f"{r['method']:<13}{cells}{tail}")
 
 
 def plot(records: list[dict[str, Any]], path: Path) -> None:
@@ -234,9 +238,9 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
         key = "true_curve" if "true_curve" in recs[0] else "eom_curve"
         for m in dict.fromkeys(r["method"] for r in recs):
             curves = np.array([r[key] for r in recs if r["method"] == m])
-            style = "--" if m in TWO_STAGE else ("-" if m == "bi-dfcl" else ":")
+            style = "--" if m in TWO_STAGE else ("-" if m.startswith("bi-dfcl") else ":")
             ax.plot(np.arange(1, curves.shape[1] + 1), curves.mean(axis=0), style, label=m,
-                    lw=2.4 if m == "bi-dfcl" else 1.3)  # fmt: skip
+                    lw=2.4 if m.startswith("bi-dfcl") else 1.3)  # fmt: skip
         ax.set_title(f"{setting} ({'true' if key == 'true_curve' else 'EOM'} revenue)")
         ax.set_xlabel("budget level (1 = 10% ... 10 = 100% of the spend range)")
         ax.set_ylabel("per-capita revenue")
@@ -252,7 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ratios", default="10,50", help="OBS:RCT ratios, comma separated")
     parser.add_argument("--n-obs", type=int, default=50_000)
     parser.add_argument("--n-test", type=int, default=50_000)
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument(
+        "--bias",
+        type=float,
+        default=None,
+        help="simulator confounding (default: the simulator's); diagnostics only",
+    )
+    parser.add_argument("--methods", default=",".join([*METHODS, *VARIANTS]))
     parser.add_argument("--config", help="TrainConfig JSON overrides for every method")
     parser.add_argument("--hillstrom", help="Hillstrom CSV; its protocol runs only when given")
     parser.add_argument(
@@ -268,9 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.seeds, args.n_obs, args.n_test = min(args.seeds, 2), 2000, 2000
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in args.methods if m not in METHODS]
+    unknown = [m for m in args.methods if m not in METHODS and m not in VARIANTS]
     if unknown:
-        parser.error(f"unknown methods {unknown}; choose from {METHODS}")
+        parser.error(f"unknown methods {unknown}; choose from {[*METHODS, *VARIANTS]}")
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     records: list[dict[str, Any]] = []

@@ -59,14 +59,15 @@ def budget_grid(split: Split, n_treatments: int, n_budgets: int) -> np.ndarray:
 
 
 def lam_at_budget(
-    rev_hat: np.ndarray, cost_hat: np.ndarray, split: Split, budget: float, tol: float = 1e-4
+    rev_hat: np.ndarray, cost_hat: np.ndarray, split: Split, budget: float, max_iter: int = 20
 ) -> float:
     """Mode-E lambda*: the policy's EOM-realized per-capita cost on `split` meets `budget`.
 
-    Training needs lambda* only to ~1e-4 of the budget (the EOM cost itself is far noisier),
-    which halves the bisection work of every upper-level step.
+    Training needs lambda* only to ~1e-6 of its bracket (2^-20; the EOM cost itself is far
+    noisier), which cuts the bisection work of every upper-level step by two thirds.
     """
-    return metrics.lam_for_realized_budget(rev_hat, cost_hat, *split.logged(), budget, tol=tol)
+    logged = split.logged()
+    return metrics.lam_for_realized_budget(rev_hat, cost_hat, *logged, budget, max_iter=max_iter)
 
 
 def validation_area(
