@@ -172,13 +172,17 @@ def _pretrain(run: Trainer) -> tuple[OutcomeNet, OutcomeNet]:
 
 def train_bidfcl(run: Trainer) -> OutcomeNet:
     """Teacher pretraining, warm start, then the bi-level phase; returns the target network."""
-    cfg, rct, obs = run.cfg, run.train, run.obs
-    assert obs is not None
+    cfg, rct = run.cfg, run.train
+    assert run.obs is not None
     teacher, net = _pretrain(run)
+    # lower-level data: OBS as in the paper, or OBS plus the RCT split's factual rows (§8.10)
+    obs = run.obs if cfg.lower_data == "obs" else rct.concat(run.obs)
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed + 2)
         bridge = BridgeNet(obs.x.shape[1], run.k, tuple(cfg.hidden))
     bridge.fit_scales(obs.x)
+    with torch.no_grad():  # start every gate at gate_init (0.5 = equal teacher/target mix)
+        bridge.body.mlp[-1].bias.fill_(float(np.log(cfg.gate_init / (1 - cfg.gate_init))))
     dual = run.dual_lambdas(net) if cfg.upper_loss in ("dpl", "difd") else []
     bi = BiLevel(cfg, net, bridge, teacher, obs, dual)
     opt = run.optimizer(net, cfg.lr)

@@ -64,6 +64,8 @@ class TrainConfig:
     teacher_epochs: int = 30
     teacher_init: str = "scratch"  # "pooled": fine-tune the warm-started target on RCT
     bridge_factual: bool = False  # gate also mixes teacher into the logged arm's label (§8.1)
+    gate_init: float = 0.5  # initial teacher share of every pseudo-label
+    lower_data: str = "obs"  # "pooled": lower level also fits the RCT split's factual rows
     rct_upper_batch: int = 4096
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes, kept verbatim
 
