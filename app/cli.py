@@ -369,6 +369,78 @@ def demo(
         typer.echo(f"starting the service on {settings.database_url} (Ctrl+C stops it)")
         serve(host=None, port=None, workers=1)
 
+# --- outcomes, retraining job, closed-loop demo (issue 6) -----------------------------------
+
+outcomes_app = typer.Typer(help="Observed outcomes of allocations.", no_args_is_help=True)
+app.add_typer(outcomes_app, name="outcomes")
+
+
+@outcomes_app.command("import")
+def outcomes_import(
+    file: Annotated[Path, typer.Argument(help="CSV or Parquet: customer_id, revenue, cost.")],
+    allocation: Annotated[str, typer.Option("--allocation", help="The allocation's id.")],
+) -> None:
+    """Record (upsert) one allocation's outcomes from a file, with the API's checks."""
+    import uuid
+
+    from app.services import outcomes
+
+    try:
+        allocation_id = uuid.UUID(allocation)
+    except ValueError:
+        fail(f"--allocation {allocation!r} is not an allocation id (a UUID)")
+        return
+    try:
+        columns = outcomes.read_file(file)
+    except ValueError as exc:
+        fail(str(exc))
+        return
+    with _registry_transaction() as (session, _):
+        written = outcomes.record(session, allocation_id, *columns)
+    typer.echo(
+        f"{written['n_written']} outcomes written; allocation {allocation_id} now has "
+        f"{written['n_outcomes']}"
+    )
+
+
+@app.command("retrain-job", hidden=True)
+def retrain_job(
+    job_id: Annotated[str, typer.Argument(help="Job id (POST /v1/retrain made it).")],
+    workdir: Annotated[Path, typer.Argument(help="The job's directory (settings.json, log).")],
+) -> None:
+    """Run one retraining job in this process (the service starts it by itself)."""
+    import uuid
+
+    from app.services.retrain_job import run
+
+    run(uuid.UUID(job_id), workdir)
+
+
+@app.command("loop-demo")
+def loop_demo(
+    workdir: Annotated[Path, typer.Option(help="Where data, database and models go.")] = Path(
+        "loop-demo"
+    ),
+    days: Annotated[int, typer.Option(min=1, help="Simulated days of allocations.")] = 5,
+    customers: Annotated[int, typer.Option(min=10, help="Customers per day.")] = 4_000,
+    exploration_rate: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.2,
+    budget: Annotated[float, typer.Option(min=0.0, help="Budget per customer.")] = 1.0,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs (both models).")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed for simulation and training.")] = 0,
+) -> None:
+    """Closed loop on the simulator: serve, explore, log outcomes, retrain, compare true revenue."""
+    from app.services.loop_demo import LoopConfig, run
+
+    cfg = LoopConfig(
+        days=days, customers_per_day=customers, exploration_rate=exploration_rate, budget=budget,
+        train={"epochs": epochs, "teacher_epochs": epochs}, seed=seed,
+    )  # fmt: skip
+    try:
+        run(workdir, cfg, typer.echo)
+    except (ValueError, RuntimeError, OSError) as exc:
+        fail(str(exc))
+
+
 def main() -> None:
     app()
 

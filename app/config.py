@@ -47,6 +47,42 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(
         default=8, ge=1, description="Connections kept open to a server database."
     )
+    # Closing the loop (issue 6): exploration, retraining jobs, champion/challenger.
+    exploration_rate: float = Field(
+        default=0.0, ge=0.0, le=1.0,
+        description="Share of customers given a uniformly random treatment when a request "
+        "does not say (POST /v1/allocations exploration_rate).",
+    )  # fmt: skip
+    retrain_dir: Path | None = Field(
+        default=None, description="Retraining job directories; empty means <data_dir>/retrain."
+    )
+    retrain_method: str = Field(default="bi-dfcl", description="Default retraining method.")
+    retrain_base_rct: Path | None = Field(
+        default=None, description="RCT table added to every retraining's randomized rows."
+    )
+    retrain_base_obs: Path | None = Field(
+        default=None, description="OBS table added to every retraining's observational rows."
+    )
+    retrain_eval_data: Path | None = Field(
+        default=None, description="Extra held-out RCT table for champion/challenger."
+    )
+    retrain_holdout_fraction: float = Field(
+        default=0.3, gt=0.0, lt=1.0,
+        description="Share of explored decisions (fixed per decision) kept out of training "
+        "for champion/challenger.",
+    )  # fmt: skip
+    retrain_min_holdout: int = Field(
+        default=100, ge=1,
+        description="Fewest held-out randomized rows for a comparison that may activate.",
+    )  # fmt: skip
+    retrain_margin: float = Field(
+        default=0.0, description="Challenger must beat the champion's EOM area by more than this."
+    )
+    retrain_budgets: list[float] | None = Field(
+        default=None,
+        description="Per-capita budgets of the comparison; empty: 10 points between the "
+        "held-out data's cheapest and dearest arm.",
+    )
     host: str = Field(default="127.0.0.1", description="`dfcl serve` bind address.")
     port: int = Field(default=8000, ge=1, le=65535, description="`dfcl serve` port.")
     log_level: str = Field(default="info", description="Python/uvicorn log level.")
@@ -56,4 +92,6 @@ class Settings(BaseSettings):
         """Put the SQLite file under data_dir unless a URL was given."""
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'dfcl.db'}"
+        if self.retrain_dir is None:
+            self.retrain_dir = self.data_dir / "retrain"
         return self

@@ -20,6 +20,7 @@ from app.config import Settings
 from app.db import make_engine, make_sessionmaker, prepare_schema
 from app.registry import Registry
 from app.routes import allocations, health, models
+from app.routes import budget_curve, outcomes, retrain
 from app.services import models as model_service
 
 log = logging.getLogger(__name__)
@@ -112,5 +113,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(allocations.router)
     app.include_router(models.router)
+    app.include_router(outcomes.router)
+    app.include_router(retrain.router)
+    app.include_router(budget_curve.router)
     app.add_middleware(ServerTiming)
     return app

@@ -177,3 +177,155 @@ class Readiness(BaseModel):
     database: bool
     model_version: str | None
     detail: str | None = None
+
+
+# --- closing the loop (issue 6): outcomes, retraining, budget what-if ---------------------
+
+
+class OutcomeIn(BaseModel):
+    """What one allocated customer actually brought in and cost."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    customer_id: str = Field(min_length=1, max_length=128)
+    revenue: float = Field(allow_inf_nan=False)
+    cost: float = Field(allow_inf_nan=False)
+
+
+class OutcomesCreate(BaseModel):
+    """Observed outcomes of customers of one allocation (a later report for a customer wins)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"outcomes": [{"customer_id": "c-1001", "revenue": 54.2, "cost": 3.1}]}]
+        },
+    )
+
+    outcomes: list[OutcomeIn] = Field(min_length=1)
+
+
+class OutcomesWritten(BaseModel):
+    allocation_id: uuid.UUID
+    n_written: int = Field(description="Rows inserted or replaced by this call.")
+    n_outcomes: int = Field(description="Outcomes now stored for the allocation.")
+
+
+class OutcomeRead(BaseModel):
+    """A stored outcome with the decision it belongs to."""
+
+    customer_id: str
+    revenue: float
+    cost: float
+    recorded_at: datetime
+    treatment: int
+    explored: bool
+    propensity: float
+
+
+class OutcomePage(BaseModel):
+    """One page of an allocation's outcomes, in request order."""
+
+    allocation_id: uuid.UUID
+    items: list[OutcomeRead]
+    offset: int
+    next_offset: int | None
+    n_outcomes: int
+
+
+class RetrainCreate(BaseModel):
+    """Retrain on stored decisions joined with their outcomes (plus optional base tables)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"method": "bi-dfcl", "config": {"epochs": 10}}]},
+    )
+
+    method: str | None = Field(
+        None, max_length=32, description="Training method; default DFCL_RETRAIN_METHOD (bi-dfcl)."
+    )
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="TrainConfig overrides, e.g. {\"epochs\": 5}."
+    )
+    base_rct: str | None = Field(
+        None, max_length=4096, description="Server path of an RCT table added to the explored rows."
+    )
+    base_obs: str | None = Field(
+        None, max_length=4096, description="Server path of an OBS table added to the other rows."
+    )
+    eval_data: str | None = Field(
+        None, max_length=4096, description="Server path of an extra held-out RCT table."
+    )
+    margin: float | None = Field(
+        None, allow_inf_nan=False,
+        description="Activate only if the EOM area beats the champion's by more than this; "
+        "default DFCL_RETRAIN_MARGIN.",
+    )  # fmt: skip
+    force: bool = Field(False, description="Activate the new version whatever the comparison.")
+
+
+class RetrainRead(BaseModel):
+    """A retraining job: state, result, champion/challenger comparison and its log's tail."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    status: str = Field(description="queued, running, succeeded or failed")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    params: dict[str, Any]
+    champion_version: str | None
+    new_version: str | None
+    activated: bool
+    data: dict[str, Any] | None = Field(description="Row counts and fingerprints of the data.")
+    metrics: dict[str, Any] | None
+    comparison: dict[str, Any] | None
+    error: str | None
+    log_tail: list[str] = Field(default_factory=list)
+
+
+class BudgetCurveCreate(BaseModel):
+    """Customers and budgets: what each budget would buy (nothing is stored)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    customers: list[CustomerIn] = Field(min_length=1)
+    budgets: list[float] | None = Field(
+        None, min_length=1, max_length=200,
+        description="Budgets to evaluate (total, or per customer if per_capita); default: "
+        "n_budgets points from the cheapest assignment's cost to the spend beyond which more "
+        "budget buys nothing.",
+    )  # fmt: skip
+    n_budgets: int = Field(10, ge=2, le=200)
+    per_capita: bool = False
+    model_version: str | None = Field(None, max_length=128)
+
+    @model_validator(mode="after")
+    def _finite_budgets(self) -> BudgetCurveCreate:
+        bad = [b for b in self.budgets or () if not (b >= 0 and b < float("inf"))]
+        if bad:
+            raise ValueError(f"budgets must be finite numbers >= 0; got {bad[:5]}")
+        return self
+
+
+class BudgetPoint(BaseModel):
+    budget: float = Field(description="As requested (total, or per customer if per_capita).")
+    budget_total: float
+    feasible: bool = Field(description="False below the cheapest assignment's cost.")
+    expected_revenue: float | None
+    expected_cost: float | None
+    multiplier: float | None = Field(
+        description="Shadow price: expected revenue one more unit of budget buys here."
+    )
+
+
+class BudgetCurveRead(BaseModel):
+    model_version: str
+    n_customers: int
+    per_capita: bool
+    min_budget: float = Field(description="Total cost of everyone's cheapest treatment.")
+    max_useful_budget: float = Field(
+        description="Total cost of everyone's best treatment: more budget buys nothing."
+    )
+    points: list[BudgetPoint]

@@ -34,7 +34,13 @@ def create_allocation(
     settings: SettingsDep,
 ) -> dict[str, Any]:
     """Choose one treatment per customer so the expected cost stays within the budget."""
-    created = allocations.create(session, registry, body, max_customers=settings.max_customers)
+    created = allocations.create(
+        session,
+        registry,
+        body,
+        max_customers=settings.max_customers,
+        exploration_rate=settings.exploration_rate,
+    )
     request.state.timings_ms = created.timings_ms  # Server-Timing header, added after commit
     return created.body
 

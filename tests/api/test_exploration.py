@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db import make_engine
+from app.main import create_app
 
 from app.services.exploration import ExplorationInfeasible, allocate_with_exploration
 from app.tables import Decision
@@ -142,3 +143,15 @@ def test_exploration_that_does_not_fit_is_refused(client: TestClient, customers:
     assert r.json()["error"] == "ExplorationInfeasible" and r.json()["min_budget"] > 10.0
     r = client.post("/v1/allocations", json=_body(customers, 5, 1.0, exploration_rate=1.5))
     assert r.status_code == 422 and "exploration_rate" in r.json()["detail"]
+
+
+def test_default_rate_comes_from_settings(
+    client: TestClient, settings: Settings, customers: Any
+) -> None:
+    exploring = settings.model_copy(update={"exploration_rate": 0.25})
+    with TestClient(create_app(exploring), headers=dict(client.headers)) as other:
+        out = other.post("/v1/allocations", json=_body(customers, 40, 3.0, per_capita=True))
+        assert out.status_code == 201, out.text
+        assert out.json()["exploration_rate"] == 0.25 and out.json()["seed"] is not None
+        explicit = _body(customers, 40, 3.0, per_capita=True, exploration_rate=0.0)
+        assert other.post("/v1/allocations", json=explicit).json()["n_explored"] == 0

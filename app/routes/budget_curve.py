@@ -1,0 +1,29 @@
+"""/v1/budget-curve: what each budget would buy for a list of customers (nothing stored)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from app.deps import RegistryDep, SessionDep, SettingsDep
+from app.schemas import BudgetCurveCreate, BudgetCurveRead
+from app.services import budget_curve
+
+router = APIRouter(prefix="/v1/budget-curve", tags=["budget what-if"])
+
+
+@router.post(
+    "",
+    response_model=BudgetCurveRead,
+    responses={
+        413: {"description": "More customers than DFCL_MAX_CUSTOMERS"},
+        422: {"description": "Invalid body or features (names the customer)"},
+        503: {"description": "No model is active"},
+    },
+)
+def budget_what_if(
+    body: BudgetCurveCreate, session: SessionDep, registry: RegistryDep, settings: SettingsDep
+) -> dict[str, Any]:
+    """Expected revenue and cost of the best allocation at each budget, from one model call."""
+    return budget_curve.curve(session, registry, body, max_customers=settings.max_customers)
