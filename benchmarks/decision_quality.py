@@ -191,6 +191,15 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 if best:
                     row[f"{name}_gain"] = _ci(v[:, b] / value[best[b]][:, b] - 1.0)
             mr = [r for r in recs if r["method"] == m]
+            cost_key = "true_cost" if key == "true_revenue" else "eom_cost"
+            row["overspent"] = [  # runs whose realized spend exceeds the budget (cannot reach it)
+                sum(
+                    r[cost_key][b] > r["budgets"][b] * (1 + 1e-3) + 1e-9
+                    for r in mr
+                    if cost_key in r
+                )
+                for b in range(3)
+            ]
             for extra in ("true_area", "eom_area", "val_area", "seconds"):
                 if extra in mr[0]:
                     row[extra] = float(np.mean([r[extra] for r in mr]))
@@ -219,12 +228,20 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             for n in BUDGET_NAMES:
                 g = r.get(f"{n}_gain")
                 gain = f"{100 * g[0]:+6.2f}% ±{100 * g[1]:5.2f}" if g else ""
-                cells += f"{r[n]:>9.4f} {gain:>16}"
+                flag = "*" if r["overspent"][BUDGET_NAMES.index(n)] else " "
+                cells += f"{r[n]:>9.4f}{flag}{gain:>16}"
             tail = "".join(f"{r[k]:>10.4f}" if k in r else f"{'':>10}"
                            for k in ("true_area", "eom_area", "val_area"))  # fmt: skip
             tail += f"{r['seconds']:>9.1f}" if "seconds" in r else f"{'':>9}"
             tail += f"{r['time_x_pooled']:>9.2f}" if "time_x_pooled" in r else ""
             print(f"{r['method']:<13}{cells}{tail}")
+
+
+def print_footnote() -> None:
+    print(
+        "\n* some seeds' policies overspend that budget (they cannot reach it at any lambda);"
+        " their revenue is not comparable. Gains are paired by seed; ± is the 95% t half-width."
+    )
 
 
 def plot(records: list[dict[str, Any]], path: Path) -> None:
@@ -277,7 +294,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (tiny nets: 1)")
     parser.add_argument("--out", default=str(RESULTS), help="directory for JSON + PNG")
     parser.add_argument("--tag", default="", help="suffix of the result file names")
+    parser.add_argument("--summarize", help="re-print the table of a saved result JSON and exit")
     args = parser.parse_args(argv)
+    if args.summarize:
+        saved = json.loads(Path(args.summarize).read_text())
+        print(f"command: {saved['command']}")
+        print_table(summarize(saved["records"]))
+        print_footnote()
+        return 0
     if args.quick:
         args.seeds, args.n_obs, args.n_test = min(args.seeds, 2), 2000, 2000
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -295,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             records += hillstrom_records(args, seed)
     rows = summarize(records)
     print_table(rows)
+    print_footnote()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = (
