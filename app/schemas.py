@@ -73,7 +73,10 @@ class AllocationCreate(BaseModel):
         "DFCL_EXPLORATION_RATE.",
     )  # fmt: skip
     seed: int | None = Field(
-        None, ge=0, lt=2**63, description="Seed of the exploration draw (to replay one); default: new."
+        None,
+        ge=0,
+        lt=2**63,
+        description="Seed of the exploration draw (to replay one); default: new.",
     )
 
     @model_validator(mode="after")
@@ -245,7 +248,7 @@ class RetrainCreate(BaseModel):
         None, max_length=32, description="Training method; default DFCL_RETRAIN_METHOD (bi-dfcl)."
     )
     config: dict[str, Any] = Field(
-        default_factory=dict, description="TrainConfig overrides, e.g. {\"epochs\": 5}."
+        default_factory=dict, description='TrainConfig overrides, e.g. {"epochs": 5}.'
     )
     base_rct: str | None = Field(
         None, max_length=4096, description="Server path of an RCT table added to the explored rows."

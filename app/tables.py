@@ -73,9 +73,7 @@ class Allocation(Base):
     expected_cost: Mapped[float] = mapped_column(Double)
     # Exploration (issue 6): share of customers given a uniformly random treatment, and the
     # seed of this allocation's draw, so it can be reproduced from the stored features.
-    exploration_rate: Mapped[float] = mapped_column(
-        Double, default=0.0, server_default=text("0")
-    )
+    exploration_rate: Mapped[float] = mapped_column(Double, default=0.0, server_default=text("0"))
     seed: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     n_explored: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
@@ -131,9 +129,7 @@ class RetrainJob(Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     status: Mapped[str] = mapped_column(String(16))  # queued | running | succeeded | failed
     # True while queued or running; a partial unique index allows one such row.
-    in_progress: Mapped[bool] = mapped_column(
-        Boolean, default=False, server_default=text("false")
-    )
+    in_progress: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

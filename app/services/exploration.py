@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from app.core._types import FloatArray, IntArray
-from app.core.solver import InfeasibleBudget, allocate, dual_choice
+from app.core.solver import Allocation, InfeasibleBudget, allocate, dual_choice
 from app.errors import InvalidInput
 
 SEED_LIMIT = 2**63  # seeds fit a signed 64-bit column
@@ -69,21 +69,23 @@ def allocate_with_exploration(
     n, k = revenue.shape
     rows = np.arange(n)
     if rate == 0.0:
-        solution = allocate(revenue, cost, budget)
+        plain = allocate(revenue, cost, budget)
         return Explored(
-            solution.treatment, np.zeros(n, bool), np.ones(n), solution.lam,
-            solution.revenue, solution.cost, solution.budget,
+            plain.treatment, np.zeros(n, bool), np.ones(n), plain.lam,
+            plain.revenue, plain.cost, plain.budget,
         )  # fmt: skip
     rng = np.random.default_rng(seed)
-    explored = rng.random(n) < rate  # (N,) independent Bernoulli(rate)
-    drawn = rng.integers(0, k, size=n)  # (N,) uniform arm, used where explored
+    explored: npt.NDArray[np.bool_] = np.asarray(rng.random(n) < rate)  # (N,) Bernoulli(rate)
+    drawn: IntArray = np.asarray(
+        rng.integers(0, k, size=n), dtype=np.int64
+    )  # (N,) uniform arm, used where explored
     treatment = np.where(explored, drawn, 0)
     explored_cost = float(cost[rows[explored], drawn[explored]].sum())
     rest = ~explored
     lam = 0.0
     remaining = budget - explored_cost
     rest_min = float(cost[rest].min(axis=1).sum()) if rest.any() else 0.0
-    solution = None
+    solution: Allocation | None = None
     if remaining >= max(rest_min, 0.0):
         try:
             solution = allocate(revenue[rest], cost[rest], remaining) if rest.any() else None

@@ -44,8 +44,9 @@ class LoopConfig:
     seed: int = 0
 
 
-def true_curve(model: OnnxModel, test: Any, truth: tuple[np.ndarray, np.ndarray],
-               budgets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def true_curve(
+    model: OnnxModel, test: Any, truth: tuple[np.ndarray, np.ndarray], budgets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """True per-capita (revenue, cost) of a model's policy at equal TRUE spend, each (B,).
 
     The truth is fed to mode E as a perfect RCT: every customer under every arm, p = 1/K, so
@@ -57,9 +58,14 @@ def true_curve(model: OnnxModel, test: Any, truth: tuple[np.ndarray, np.ndarray]
     n, k = truth_revenue.shape
     treatment = np.repeat(np.arange(k), n)
     curve = metrics.budget_curve(
-        np.tile(revenue_pred, (k, 1)), np.tile(cost_pred, (k, 1)), treatment,
-        truth_revenue.T.ravel(), truth_cost.T.ravel(), np.full(n * k, 1.0 / k), budgets,
-    )  # fmt: skip
+        np.tile(revenue_pred, (k, 1)),
+        np.tile(cost_pred, (k, 1)),
+        treatment,
+        truth_revenue.T.ravel(),
+        truth_cost.T.ravel(),
+        np.full(n * k, 1.0 / k),
+        budgets,
+    )
     return curve.revenue, curve.cost
 
 
@@ -81,46 +87,72 @@ def run(workdir: Path, cfg: LoopConfig, say: Callable[[str], None]) -> dict[str,
     sim = simulate(n_obs=cfg.n_obs, n_rct=cfg.n_rct, n_test=cfg.n_test, seed=cfg.seed)
     data = sim.write(workdir / "data")
     k, max_discount = sim.params.n_treatments, sim.params.max_discount
-    say(f"1/4 simulated {cfg.n_rct} RCT + {cfg.n_obs} OBS rows; training the first model "
-        f"({cfg.method})")  # fmt: skip
+    say(
+        f"1/4 simulated {cfg.n_rct} RCT + {cfg.n_obs} OBS rows; training the first model "
+        f"({cfg.method})"
+    )
     config_path = workdir / "train-config.json"
     config_path.write_text(json.dumps({**cfg.train, "seed": cfg.seed}))
-    first_card = run_train(cfg.method, data / "rct.parquet", data / "obs.parquet",
-                           workdir / "first", config_path, progress=False)  # fmt: skip
+    first_card = run_train(
+        cfg.method,
+        data / "rct.parquet",
+        data / "obs.parquet",
+        workdir / "first",
+        config_path,
+        progress=False,
+    )
     settings = Settings(
         database_url=f"sqlite:///{(workdir / 'loop.db').resolve()}",
-        models_dir=workdir / "models", retrain_dir=workdir / "retrain", auth_enabled=False,
+        models_dir=workdir / "models",
+        retrain_dir=workdir / "retrain",
+        auth_enabled=False,
         max_customers=max(10_000, cfg.customers_per_day),
-    )  # fmt: skip
+    )
     rng = np.random.default_rng(cfg.seed + 1)
     with TestClient(create_app(settings)) as client:
         r = client.post("/v1/models", json={"path": str(workdir / "first")})
         r.raise_for_status()
         first_version = r.json()["version"]
         client.post(f"/v1/models/{first_version}/activate").raise_for_status()
-        say(f"2/4 serving {first_version}; {cfg.days} days of {cfg.customers_per_day} customers, "
-            f"exploration {cfg.exploration_rate:g}, budget {cfg.budget:g} per customer")  # fmt: skip
+        say(
+            f"2/4 serving {first_version}; {cfg.days} days of {cfg.customers_per_day} customers, "
+            f"exploration {cfg.exploration_rate:g}, budget {cfg.budget:g} per customer"
+        )
         for day in range(cfg.days):  # loop over simulated days
             features = sample_features(cfg.customers_per_day, rng)
-            people = [{"id": f"day{day}-{i}", "features": f}
-                      for i, f in enumerate(_records(features))]  # fmt: skip
-            body = {"budget": cfg.budget, "per_capita": True, "customers": people,
-                    "exploration_rate": cfg.exploration_rate, "campaign": f"day-{day}"}  # fmt: skip
+            people = [
+                {"id": f"day{day}-{i}", "features": f} for i, f in enumerate(_records(features))
+            ]
+            body = {
+                "budget": cfg.budget,
+                "per_capita": True,
+                "customers": people,
+                "exploration_rate": cfg.exploration_rate,
+                "campaign": f"day-{day}",
+            }
             r = client.post("/v1/allocations", json=body)
             r.raise_for_status()
             alloc = r.json()
             treatment = np.array([d["treatment"] for d in alloc["decisions"]], dtype=np.int64)
             revenue, cost = sample_outcomes(features, treatment, rng, k, max_discount)
-            outcomes = [{"customer_id": p["id"], "revenue": float(rv), "cost": float(c)}
-                        for p, rv, c in zip(people, revenue, cost, strict=True)]  # fmt: skip
-            client.post(f"/v1/allocations/{alloc['id']}/outcomes",
-                        json={"outcomes": outcomes}).raise_for_status()  # fmt: skip
-            say(f"    day {day + 1}: {alloc['n_explored']} explored, realized revenue "
-                f"{revenue.mean():.3f} and cost {cost.mean():.3f} per customer")  # fmt: skip
+            outcomes = [
+                {"customer_id": p["id"], "revenue": float(rv), "cost": float(c)}
+                for p, rv, c in zip(people, revenue, cost, strict=True)
+            ]
+            client.post(
+                f"/v1/allocations/{alloc['id']}/outcomes", json={"outcomes": outcomes}
+            ).raise_for_status()
+            say(
+                f"    day {day + 1}: {alloc['n_explored']} explored, realized revenue "
+                f"{revenue.mean():.3f} and cost {cost.mean():.3f} per customer"
+            )
         say("3/4 retraining on the logged decisions + outcomes (+ the first model's data)")
-        body = {"method": cfg.method, "config": {**cfg.train, "seed": cfg.seed},
-                "base_rct": str((data / "rct.parquet").resolve()),
-                "base_obs": str((data / "obs.parquet").resolve())}  # fmt: skip
+        body = {
+            "method": cfg.method,
+            "config": {**cfg.train, "seed": cfg.seed},
+            "base_rct": str((data / "rct.parquet").resolve()),
+            "base_obs": str((data / "obs.parquet").resolve()),
+        }
         r = client.post("/v1/retrain", json=body)
         r.raise_for_status()
         job = r.json()
@@ -130,26 +162,36 @@ def run(workdir: Path, cfg: LoopConfig, say: Callable[[str], None]) -> dict[str,
         if job["status"] == "failed":
             raise RuntimeError(f"retraining failed: {job['error']}\n" + "\n".join(job["log_tail"]))
         cmp = job["comparison"]
-        say(f"    job {job['id']}: {job['new_version']}, {cmp['decision']} ({cmp['reason']}); "
-            f"held-out EOM area champion {cmp.get('champion', {}).get('eom_area', float('nan')):.4f}"
-            f" vs challenger {cmp.get('challenger', {}).get('eom_area', float('nan')):.4f}")  # fmt: skip
+        areas = [cmp.get(r, {}).get("eom_area", float("nan")) for r in ("champion", "challenger")]
+        say(
+            f"    job {job['id']}: {job['new_version']}, {cmp['decision']} ({cmp['reason']}); "
+            f"held-out EOM area champion {areas[0]:.4f} vs challenger {areas[1]:.4f}"
+        )
     say("4/4 true per-capita revenue on the test population at equal TRUE spend")
     truth = (sim.truth_revenue, sim.truth_cost)
     budgets = np.array(sorted({cfg.budget, *np.linspace(0.5, 2.0, 4).round(3).tolist()}))
-    result: dict[str, Any] = {"budgets": budgets.tolist(), "job": job["id"],
-                              "first": first_version, "retrained": job["new_version"],
-                              "activated": job["activated"], "comparison_decision": cmp["decision"]}  # fmt: skip
+    result: dict[str, Any] = {
+        "budgets": budgets.tolist(),
+        "job": job["id"],
+        "first": first_version,
+        "retrained": job["new_version"],
+        "activated": job["activated"],
+        "comparison_decision": cmp["decision"],
+    }
     for role, version in (("first", first_version), ("retrained", job["new_version"])):
         model = OnnxModel.load(settings.models_dir / version)
         revenue, cost = true_curve(model, sim.test, truth, budgets)
         result[f"{role}_revenue"], result[f"{role}_cost"] = revenue.tolist(), cost.tolist()
-    result["oracle_revenue"] = [allocate(*truth, b, per_capita=True).revenue / cfg.n_test
-                                for b in budgets]  # fmt: skip
-    say(f"    {'budget':>8} {'first':>10} {'retrained':>10} {'oracle':>10}   (true cost first/retrained)")
+    result["oracle_revenue"] = [
+        allocate(*truth, b, per_capita=True).revenue / cfg.n_test for b in budgets
+    ]
+    header = f"{'budget':>8} {'first':>10} {'retrained':>10} {'oracle':>10}"
+    say(f"    {header}   (true cost first/retrained)")
     for i, b in enumerate(budgets):
-        say(f"    {b:8.3f} {result['first_revenue'][i]:10.4f} {result['retrained_revenue'][i]:10.4f} "
-            f"{result['oracle_revenue'][i]:10.4f}   ({result['first_cost'][i]:.4f}/"
-            f"{result['retrained_cost'][i]:.4f})")  # fmt: skip
+        first, again = result["first_revenue"][i], result["retrained_revenue"][i]
+        costs = f"({result['first_cost'][i]:.4f}/{result['retrained_cost'][i]:.4f})"
+        oracle = result["oracle_revenue"][i]
+        say(f"    {b:8.3f} {first:10.4f} {again:10.4f} {oracle:10.4f}   {costs}")
     result["seconds"] = round(time.perf_counter() - started, 1)
     result["first_card_validation"] = first_card["validation"]["eom_area"]
     (workdir / "loop-result.json").write_text(json.dumps(result, indent=2) + "\n")

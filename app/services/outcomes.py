@@ -63,18 +63,21 @@ def _check_values(customer_ids: list[str], revenue: FloatArray, cost: FloatArray
 def _upsert(session: Session, rows: list[dict[str, Any]]) -> None:
     """INSERT ... ON CONFLICT (allocation_id, customer_id) DO UPDATE, on SQLite and PostgreSQL."""
     dialect = session.get_bind().dialect.name
-    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(dialect)
-    if insert is None:
-        raise NotImplementedError(f"outcome upsert is written for SQLite and PostgreSQL, not {dialect}")
-    stmt = insert(Outcome)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[Outcome.allocation_id, Outcome.customer_id],
-        set_={
-            "revenue": stmt.excluded.revenue,
-            "cost": stmt.excluded.cost,
-            "recorded_at": stmt.excluded.recorded_at,
-        },
-    )
+    stmt: Any
+    if dialect == "postgresql":
+        pg = postgresql.insert(Outcome)
+        stmt = pg.on_conflict_do_update(
+            index_elements=[Outcome.allocation_id, Outcome.customer_id],
+            set_={c: pg.excluded[c] for c in ("revenue", "cost", "recorded_at")},
+        )
+    elif dialect == "sqlite":
+        lite = sqlite.insert(Outcome)
+        stmt = lite.on_conflict_do_update(
+            index_elements=[Outcome.allocation_id, Outcome.customer_id],
+            set_={c: lite.excluded[c] for c in ("revenue", "cost", "recorded_at")},
+        )
+    else:
+        raise NotImplementedError(f"outcome upsert supports SQLite and PostgreSQL, not {dialect}")
     for start in range(0, len(rows), _CHUNK):
         session.execute(stmt, rows[start : start + _CHUNK])
 

@@ -112,10 +112,11 @@ def start(session: Session, settings: Settings, body: RetrainCreate) -> RetrainJ
         workdir=str((settings.retrain_dir / str(job_id)).resolve()),
     )
     begin_write(session)
+    session.add(job)
     try:
-        with session.begin_nested():
-            session.add(job)
+        session.flush()
     except IntegrityError:  # another request won the race for the one in-progress slot
+        session.rollback()
         raise Conflict("a retraining job is already in progress; one job runs at a time") from None
     return job
 

@@ -58,8 +58,14 @@ def loop_rows(session: Session, treatments: list[str]) -> pd.DataFrame:
     ]  # fmt: skip
     stmt = (
         select(
-            Decision.allocation_id, Decision.customer_id, Decision.treatment, Decision.explored,
-            Decision.propensity, Decision.features, Outcome.revenue, Outcome.cost,
+            Decision.allocation_id,
+            Decision.customer_id,
+            Decision.treatment,
+            Decision.explored,
+            Decision.propensity,
+            Decision.features,
+            Outcome.revenue,
+            Outcome.cost,
         )  # fmt: skip
         .join(
             Outcome,
@@ -113,9 +119,11 @@ def build_data(
     """Write rct/obs/holdout tables and dataset.json into `out`; returns counts."""
     k, columns = champion.n_treatments, champion.spec.raw_columns
     frame = loop_rows(session, list(champion.treatments))
-    has_all = frame["features"].map(lambda f: all(c in f for c in columns)).to_numpy(bool)
+    raw = pd.DataFrame.from_records(frame["features"].tolist(), columns=columns)
+    numeric = list(champion.spec.numeric)  # training refuses missing numeric features
+    has_all = raw[numeric].notna().all(axis=1).to_numpy(bool)
     if (~has_all).any():
-        say(f"{int((~has_all).sum())} decisions lack a feature of {columns}: left out")
+        say(f"{int((~has_all).sum())} decisions lack a numeric feature of {numeric}: left out")
     frame = frame[has_all].reset_index(drop=True)
     explored = frame["explored"].to_numpy(bool)
     holdout = explored & held_out(frame, settings.retrain_holdout_fraction)
@@ -125,14 +133,16 @@ def build_data(
         "obs": [to_table(frame[~explored], columns, frame["propensity"].to_numpy()[~explored])],
         "holdout": [to_table(frame[holdout], columns, uniform[holdout])],
     }
-    counts = {f"loop_{name}_rows": len(p[0]) for name, p in parts.items()}
+    counts: dict[str, Any] = {f"loop_{name}_rows": len(p[0]) for name, p in parts.items()}
     extras = {
         "rct": params.get("base_rct") or settings.retrain_base_rct,
         "obs": params.get("base_obs") or settings.retrain_base_obs,
         "holdout": params.get("eval_data") or settings.retrain_eval_data,
     }
     for name, path in extras.items():
-        table = base_table(str(path) if path else None, "obs" if name == "obs" else "rct", k, columns)
+        table = base_table(
+            str(path) if path else None, "obs" if name == "obs" else "rct", k, columns
+        )
         if table is not None:
             parts[name].append(table)
             counts[f"base_{name}_rows"] = len(table)
@@ -216,7 +226,7 @@ def run(job_id: uuid.UUID, workdir: Path) -> None:
                 raise RuntimeError("no model is active: the champion defines treatments/features")
             begin_write(session)
             session.execute(
-                update(RetrainJob).where(RetrainJob.id == job_id).values(
+                update(RetrainJob).where(RetrainJob.id == job_id, RetrainJob.in_progress).values(
                     status="running", started_at=datetime.now(UTC), pid=os.getpid(),
                     champion_version=champion_version,
                 )

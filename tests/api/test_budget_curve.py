@@ -15,7 +15,10 @@ def test_curve_is_monotone_and_matches_allocations(client: TestClient, customers
     out = r.json()
     points = out["points"]
     assert out["model_version"] == "tiny-v1" and out["n_customers"] == 120 and len(points) == 12
-    assert points[0]["budget"] == out["min_budget"] and points[-1]["budget"] == out["max_useful_budget"]
+    assert (
+        points[0]["budget"] == out["min_budget"]
+        and points[-1]["budget"] == out["max_useful_budget"]
+    )
     assert all(p["feasible"] for p in points)
     revenue = np.array([p["expected_revenue"] for p in points])
     cost = np.array([p["expected_cost"] for p in points])

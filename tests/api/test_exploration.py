@@ -16,7 +16,6 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.db import make_engine
 from app.main import create_app
-
 from app.services.exploration import ExplorationInfeasible, allocate_with_exploration
 from app.tables import Decision
 

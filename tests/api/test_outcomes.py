@@ -1,4 +1,4 @@
-"""Outcomes: upsert per customer, unknown ids and NaN/inf refused with nothing written, bulk import."""
+"""Outcomes: upsert per customer; unknown ids and NaN/inf refused, nothing written; bulk import."""
 
 from __future__ import annotations
 
@@ -17,8 +17,13 @@ from app.services import outcomes
 
 
 def _allocation(client: TestClient, customers: Any, n: int = 30) -> dict[str, Any]:
-    body = {"budget": 2.5, "per_capita": True, "customers": customers(n), "exploration_rate": 0.5,
-            "seed": 3}
+    body = {
+        "budget": 2.5,
+        "per_capita": True,
+        "customers": customers(n),
+        "exploration_rate": 0.5,
+        "seed": 3,
+    }
     r = client.post("/v1/allocations", json=body)
     assert r.status_code == 201, r.text
     return r.json()
@@ -71,7 +76,7 @@ def test_unknown_ids_nan_and_repeats_write_nothing(client: TestClient, customers
     assert _stored(client, alloc["id"]) == []
     # NaN / inf are refused by field (JSON allows them as literals in Python's parser).
     for bad in ("NaN", "Infinity", "-Infinity"):
-        raw = '{"outcomes": [{"customer_id": "c1", "revenue": %s, "cost": 1.0}]}' % bad
+        raw = '{"outcomes": [{"customer_id": "c1", "revenue": ' + bad + ', "cost": 1.0}]}'
         r = client.post(url, content=raw, headers={"content-type": "application/json"})
         assert r.status_code == 422 and "revenue" in r.json()["detail"], r.text
     r = client.post(url, json={"outcomes": good + good})
@@ -89,7 +94,8 @@ def test_bulk_import_uses_the_same_checks(
     allocation_id = uuid.UUID(alloc["id"])
     frame = pd.DataFrame({"customer_id": [f"c{i}" for i in range(40)],
                           "revenue": [float(i) for i in range(40)], "cost": 0.5})  # fmt: skip
-    path = frame.to_parquet(tmp_path / "outcomes.parquet", index=False) or tmp_path / "outcomes.parquet"
+    path = tmp_path / "outcomes.parquet"
+    frame.to_parquet(path, index=False)
     bad_csv = tmp_path / "bad.csv"
     frame.assign(cost=["x"] + [0.5] * 39).to_csv(bad_csv, index=False)
     with pytest.raises(ValueError, match=r"bad.csv: column 'cost'.*row 0 \(customer 'c0'\)"):

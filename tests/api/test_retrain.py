@@ -19,7 +19,6 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.db import make_engine
 from app.inference import OnnxModel
-from app.services import retrain
 from app.services.retrain_job import compare
 from app.tables import RetrainJob
 
@@ -93,7 +92,9 @@ def test_retraining_end_to_end(client: TestClient, customers: Any) -> None:
     assert comparison["champion"]["version"] == "tiny-v1"
     assert comparison["challenger"]["version"] == version
     assert len(comparison["budgets"]) == 10
-    assert np.isfinite([comparison["champion"]["eom_area"], comparison["challenger"]["eom_area"]]).all()
+    assert np.isfinite(
+        [comparison["champion"]["eom_area"], comparison["challenger"]["eom_area"]]
+    ).all()
     assert job["metrics"]["holdout_challenger_eom_area"] == comparison["challenger"]["eom_area"]
     assert any("succeeded" in line for line in job["log_tail"])
     # Registered, active, and serving new allocations.
