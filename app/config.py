@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     retrain_margin: float = Field(
         default=0.0, description="Challenger must beat the champion's EOM area by more than this."
     )
+    retrain_min_z: float = Field(
+        default=1.0,
+        description="Challenger's mean EOM revenue over the budgets must beat the champion's by "
+        "this many paired standard errors (as well as the area margin).",
+    )
     retrain_budgets: list[float] | None = Field(
         default=None,
         description="Per-capita budgets of the comparison; empty: 10 points between the "

@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.core import metrics
+from app.core.solver import dual_choice
 from app.db import begin_write, make_engine, make_sessionmaker
 from app.inference import OnnxModel
 from app.registry import Registry
@@ -160,43 +161,83 @@ def build_data(
     return counts
 
 
-def curve_of(model: OnnxModel, holdout: pd.DataFrame, budgets: list[float] | None) -> Any:
-    """Mode-E EOM budget curve of an exported model (onnxruntime) on held-out randomized rows."""
+def curve_of(
+    model: OnnxModel, holdout: pd.DataFrame, budgets: list[float] | None
+) -> tuple[Any, np.ndarray]:
+    """Mode-E EOM budget curve of an exported model (onnxruntime) on held-out randomized rows,
+    and its policy at each budget's multiplier, (B, N)."""
     x = model.spec.encode({c: holdout[c].to_numpy() for c in model.spec.raw_columns})
-    revenue, cost = model.predict(x)
-    logged = (holdout["treatment"].to_numpy(np.int64), holdout["revenue"].to_numpy(),
-              holdout["cost"].to_numpy(), holdout["propensity"].to_numpy())  # fmt: skip
-    return metrics.budget_curve(revenue, cost, *logged, budgets)
+    revenue, cost = model.predict(x)  # (N, K)
+    curve = metrics.budget_curve(revenue, cost, *_logged(holdout), budgets)
+    policies = np.stack([dual_choice(revenue, cost, float(lam)) for lam in curve.lam])
+    return curve, policies
+
+
+def _logged(holdout: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """treatment, revenue, cost, propensity: each (N,)."""
+    return (
+        holdout["treatment"].to_numpy(np.int64),
+        holdout["revenue"].to_numpy(np.float64),
+        holdout["cost"].to_numpy(np.float64),
+        holdout["propensity"].to_numpy(np.float64),
+    )
+
+
+def paired_gain(holdout: pd.DataFrame, new: np.ndarray, old: np.ndarray) -> tuple[float, float]:
+    """Mean over the grid of the paired HT revenue difference new - old, and its SE.
+
+    new, old: (B, N) policies. Per customer, the HT terms of both policies share the logged row,
+    so the SE is that of one mean over customers (far tighter than two independent SEs).
+    """
+    treatment, revenue, _, propensity = _logged(holdout)
+    terms = (new == treatment).astype(np.float64) - (old == treatment)  # (B, N)
+    per_customer = (terms * (revenue / propensity)).mean(axis=0)  # (N,)
+    n = len(per_customer)
+    return float(per_customer.mean()), float(per_customer.std(ddof=1) / np.sqrt(n))
 
 
 def compare(
-    champion: OnnxModel, challenger: OnnxModel, holdout_path: Path, settings: Settings,
+    champion: OnnxModel,
+    challenger: OnnxModel,
+    holdout_path: Path,
+    settings: Settings,
     params: dict[str, Any],
-) -> dict[str, Any]:  # fmt: skip
-    """Champion vs challenger on the same held-out rows and budgets; decides activation."""
+) -> dict[str, Any]:
+    """Champion vs challenger on the same held-out rows and budgets; decides activation.
+
+    Activate when forced, or with at least DFCL_RETRAIN_MIN_HOLDOUT rows when the challenger's
+    EOM area beats the champion's by more than the margin AND its mean EOM revenue over the grid
+    is higher by at least DFCL_RETRAIN_MIN_Z paired standard errors (so noise alone rarely
+    replaces a model).
+    """
     margin, force = float(params["margin"]), bool(params.get("force"))
     n_rows = len(pd.read_parquet(holdout_path)) if holdout_path.is_file() else 0
     result: dict[str, Any] = {"holdout_rows": n_rows, "margin": margin, "force": force}
     if n_rows < 2:
-        result |= {"decision": "activate" if force else "keep champion",
-                   "reason": "no held-out randomized rows to compare on"}  # fmt: skip
+        result["decision"] = "activate" if force else "keep champion"
+        result["reason"] = "no held-out randomized rows to compare on"
         return result
     holdout = pd.read_parquet(holdout_path)
-    curves = {
-        "champion": curve_of(champion, holdout, settings.retrain_budgets),
-        "challenger": curve_of(challenger, holdout, settings.retrain_budgets),
-    }
-    for role, model in (("champion", champion), ("challenger", challenger)):
-        c = curves[role]
+    budgets = settings.retrain_budgets
+    old, old_policy = curve_of(champion, holdout, budgets)
+    new, new_policy = curve_of(challenger, holdout, budgets)
+    for role, model, c in (("champion", champion, old), ("challenger", challenger, new)):
         result[role] = {
-            "version": model.version, "eom_area": c.area, "revenue": c.revenue.tolist(),
-            "cost": c.cost.tolist(), "revenue_se": c.revenue_se.tolist(),
-        }  # fmt: skip
-    result["budgets"] = curves["champion"].budget.tolist()
-    gain = curves["challenger"].area - curves["champion"].area
-    result["area_gain"] = gain
+            "version": model.version,
+            "eom_area": c.area,
+            "mean_revenue": c.mean_revenue,
+            "revenue": c.revenue.tolist(),
+            "cost": c.cost.tolist(),
+            "revenue_se": c.revenue_se.tolist(),
+        }
+    result["budgets"] = old.budget.tolist()
+    gain = new.area - old.area
+    revenue_gain, revenue_gain_se = paired_gain(holdout, new_policy, old_policy)
+    z = revenue_gain / revenue_gain_se if revenue_gain_se > 0 else 0.0
+    result |= {"area_gain": gain, "revenue_gain": revenue_gain,
+               "revenue_gain_se": revenue_gain_se, "min_z": settings.retrain_min_z}  # fmt: skip
     enough = n_rows >= settings.retrain_min_holdout
-    better = enough and gain > margin
+    better = enough and gain > margin and z >= settings.retrain_min_z
     result["decision"] = "activate" if (force or better) else "keep champion"
     if force:
         result["reason"] = "forced"
@@ -205,7 +246,10 @@ def compare(
             f"only {n_rows} held-out rows (DFCL_RETRAIN_MIN_HOLDOUT={settings.retrain_min_holdout})"
         )
     else:
-        result["reason"] = f"area gain {gain:+.4f} {'>' if better else '<='} margin {margin:g}"
+        result["reason"] = (
+            f"area gain {gain:+.4f} (margin {margin:g}), mean revenue gain {revenue_gain:+.4f} "
+            f"= {z:+.2f} paired SE (need {settings.retrain_min_z:g})"
+        )
     return result
 
 

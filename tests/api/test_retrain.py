@@ -149,12 +149,19 @@ def test_champion_challenger_decision(model_sources: dict[str, Path], tmp_path: 
     path = tmp_path / "holdout.parquet"
     holdout.to_parquet(path)
     v1, v2 = (OnnxModel.load(model_sources[v]) for v in ("v1", "v2"))
-    settings = Settings(retrain_min_holdout=100)
-    same = compare(v1, v1, path, settings, {"margin": 0.0})
-    assert same["area_gain"] == 0 and same["decision"] == "keep champion"
-    other = compare(v1, v2, path, settings, {"margin": -1e9})
-    assert other["decision"] == "activate" and "> margin" in other["reason"]
-    assert compare(v1, v2, path, settings, {"margin": 1e9})["decision"] == "keep champion"
+    lenient = Settings(retrain_min_holdout=100, retrain_min_z=-1e9)
+    same = compare(v1, v1, path, lenient, {"margin": 0.0})
+    assert same["area_gain"] == 0 and same["revenue_gain"] == 0
+    assert same["decision"] == "keep champion"
+    other = compare(v1, v2, path, lenient, {"margin": -1e9})
+    assert other["decision"] == "activate" and "paired SE" in other["reason"]
+    # The paired gain is the difference of the two curves' mean EOM revenue, with a real SE.
+    means = other["challenger"]["mean_revenue"] - other["champion"]["mean_revenue"]
+    assert other["revenue_gain"] == pytest.approx(means) and other["revenue_gain_se"] > 0
+    assert compare(v1, v2, path, lenient, {"margin": 1e9})["decision"] == "keep champion"
+    strict = Settings(retrain_min_holdout=100, retrain_min_z=1e9)
+    assert compare(v1, v2, path, strict, {"margin": -1e9})["decision"] == "keep champion"
     few = compare(v1, v2, path, Settings(retrain_min_holdout=1000), {"margin": -1e9})
     assert few["decision"] == "keep champion" and "only 400 held-out rows" in few["reason"]
-    assert compare(v1, v2, path, settings, {"margin": 1e9, "force": True})["decision"] == "activate"
+    forced = compare(v1, v2, path, strict, {"margin": 1e9, "force": True})
+    assert forced["decision"] == "activate" and forced["reason"] == "forced"
