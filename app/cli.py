@@ -233,16 +233,14 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
 ) -> None:
     """Start the allocation service (uvicorn); everything else comes from DFCL_* variables."""
-    import copy
-
     import uvicorn
-    import uvicorn.config
 
     from app.config import Settings
+    from app.observability import logging_config
 
     settings = Settings()
-    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)  # uvicorn's, plus our `app` logs
-    log_config["loggers"]["app"] = {"handlers": ["default"], "level": settings.log_level.upper()}
+    # JSON (or text) lines with the request id; the app logs one line per request itself.
+    log_config = logging_config(settings.log_level, settings.log_format)
     uvicorn.run(
         "app.main:create_app",
         factory=True,
@@ -251,6 +249,7 @@ def serve(
         workers=workers,
         log_level=settings.log_level,
         log_config=log_config,
+        access_log=False,
     )
 
 
@@ -368,6 +367,62 @@ def demo(
     if serve_after:
         typer.echo(f"starting the service on {settings.database_url} (Ctrl+C stops it)")
         serve(host=None, port=None, workers=1)
+
+# --- keys: create, list, revoke (issue 7) ---------------------------------------------------
+
+keys_app = typer.Typer(help="API keys (stored hashed; scopes allocate, read, admin).",
+                       no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    scope: Annotated[
+        list[str], typer.Option("--scope", help="allocate, read or admin (repeat for several).")
+    ],
+    name: Annotated[str, typer.Option("--name", help="Who or what uses the key.")] = "",
+) -> None:
+    """Create a key and print it once (only its SHA-256 is stored)."""
+    from app.services import keys
+
+    with _registry_transaction() as (session, _):
+        row, secret = keys.create(session, scope, name)
+    typer.echo(secret)
+    typer.echo(
+        f"key {row.id} ({row.name or 'unnamed'}), scopes {','.join(row.scopes)}: store it now, "
+        "it cannot be shown again",
+        err=True,
+    )
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Keys (id, prefix, name, scopes, created, revoked); secrets are never shown."""
+    from app.services import keys
+
+    with _registry_transaction() as (session, _):
+        rows = keys.list_keys(session)
+        for row in rows:
+            revoked = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "active"
+            typer.echo(
+                f"{row.id}\t{row.prefix}...\t{row.name or '-'}\t{','.join(row.scopes)}\t"
+                f"{row.created_at:%Y-%m-%d %H:%M}\t{revoked}"
+            )
+    if not rows:
+        typer.echo("no API keys (dfcl keys create --scope ...)")
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key: Annotated[str, typer.Argument(help="Key id or the prefix `dfcl keys list` shows.")],
+) -> None:
+    """Revoke a key; every worker refuses it from its next request on."""
+    from app.services import keys
+
+    with _registry_transaction() as (session, _):
+        row = keys.revoke(session, key.removesuffix("..."))
+    typer.echo(f"revoked {row.id} ({row.name or 'unnamed'})")
+
 
 # --- outcomes, retraining job, closed-loop demo (issue 6) -----------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -91,6 +92,24 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="`dfcl serve` bind address.")
     port: int = Field(default=8000, ge=1, le=65535, description="`dfcl serve` port.")
     log_level: str = Field(default="info", description="Python/uvicorn log level.")
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="`dfcl serve` logs: one JSON object per line, or plain text."
+    )
+    auth_enabled: bool = Field(
+        default=True, description="Require an API key (dfcl keys create) on /v1 endpoints."
+    )
+    metrics_enabled: bool = Field(default=True, description="Serve GET /metrics (Prometheus).")
+    metrics_require_key: bool = Field(
+        default=False, description="GET /metrics needs a key with the `read` scope."
+    )
+    request_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="Answer 504 and roll back a request running longer (0: no limit).",
+    )
+    idempotency_ttl_h: float = Field(
+        default=24.0, gt=0, description="How long an Idempotency-Key's response is replayed."
+    )
 
     @model_validator(mode="after")
     def _default_database(self) -> Settings:

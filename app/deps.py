@@ -27,6 +27,9 @@ def get_session(request: Request) -> Iterator[Session]:
     with request.app.state.sessionmaker() as session:
         try:
             yield session
+            deadline = getattr(request.state, "deadline", None)
+            if deadline is not None and not deadline.claim_commit():
+                raise deadline.error()  # the client already got 504: roll back, keep nothing
             started = perf_counter()
             session.commit()
             timings = getattr(request.state, "timings_ms", None)

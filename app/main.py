@@ -10,6 +10,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from time import perf_counter
+from typing import Any
 
 from fastapi import FastAPI
 from sqlalchemy.exc import SQLAlchemyError
@@ -18,12 +19,23 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app import errors
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker, prepare_schema
+from app.limits import BodyLimit, RequestTimeouts
+from app.observability import RequestContext
 from app.registry import Registry
-from app.routes import allocations, health, models
+from app.routes import allocations, health, metrics, models
 from app.routes import budget_curve, outcomes, retrain
 from app.services import models as model_service
 
 log = logging.getLogger(__name__)
+
+# Every /v1 router: a key is checked before anything else (app.auth.require_scope).
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "The body is not decodable (e.g. invalid UTF-8)"},
+    401: {"description": "Missing, unknown or revoked API key"},
+    403: {"description": "The API key lacks the scope this endpoint needs"},
+    503: {"description": "Database unreachable (Retry-After) or no model is active"},
+    504: {"description": "Took longer than DFCL_REQUEST_TIMEOUT_S; nothing was stored"},
+}
 
 DESCRIPTION = """Chooses one marketing treatment per customer under a budget: an ONNX model
 (trained with decision-focused causal learning) predicts revenue and cost per treatment, a
@@ -106,15 +118,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
-        max_body_size=settings.max_body_bytes,
     )
     app.state.settings = settings
     errors.install(app)
     app.include_router(health.router)
-    app.include_router(allocations.router)
-    app.include_router(models.router)
-    app.include_router(outcomes.router)
-    app.include_router(retrain.router)
-    app.include_router(budget_curve.router)
+    app.include_router(allocations.router, responses=AUTH_ERRORS)
+    app.include_router(models.router, responses=AUTH_ERRORS)
+    app.include_router(outcomes.router, responses=AUTH_ERRORS)
+    app.include_router(retrain.router, responses=AUTH_ERRORS)
+    app.include_router(budget_curve.router, responses=AUTH_ERRORS)
+    if settings.metrics_enabled:
+        app.include_router(metrics.make_router(settings.metrics_require_key))
+    errors.document_errors(app)
+    # Last added runs first: request id/metrics/logs, then body limit, deadline, timings.
     app.add_middleware(ServerTiming)
+    app.add_middleware(RequestTimeouts, timeout_s=settings.request_timeout_s)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContext)
     return app

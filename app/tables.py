@@ -153,3 +153,30 @@ class RetrainJob(Base):
             postgresql_where=text("in_progress"),
         ),
     )
+
+
+class ApiKey(Base):
+    """A client credential: only the SHA-256 of the key is stored, with its scopes."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(128))
+    prefix: Mapped[str] = mapped_column(String(16))  # first characters, to recognise a key
+    key_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class IdempotencyRecord(Base):
+    """The response a client's Idempotency-Key produced, written in the same transaction."""
+
+    __tablename__ = "idempotency_records"
+
+    principal: Mapped[str] = mapped_column(String(64), primary_key=True)  # API key id
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_sha256: Mapped[str] = mapped_column(String(64))  # method, path and canonical body
+    status_code: Mapped[int] = mapped_column(Integer)
+    response: Mapped[str] = mapped_column(Text)  # the JSON body sent
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

@@ -6,13 +6,18 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
 
+from app.auth import AllocateKey, require_scope
 from app.deps import RegistryDep, SessionDep, SettingsDep
+from app.routes.idempotent import IDEMPOTENCY_ERRORS, IdempotencyKey, respond_once
 from app.schemas import AllocationCreate, AllocationPage, AllocationRead, AllocationSummary
 from app.services import allocations
 
 router = APIRouter(prefix="/v1/allocations", tags=["allocations"])
+# Databases take 64-bit offsets at most (SQLite overflows above); no real page is this deep.
+MAX_OFFSET = 2**31 - 1
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "Unknown allocation or model version"},
@@ -25,27 +30,39 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post("", status_code=201, response_model=AllocationRead, responses=_ERRORS)
+@router.post(
+    "",
+    status_code=201,
+    response_model=AllocationRead,
+    responses={**_ERRORS, **IDEMPOTENCY_ERRORS},
+)
 def create_allocation(
     body: AllocationCreate,
     request: Request,
     session: SessionDep,
     registry: RegistryDep,
     settings: SettingsDep,
-) -> dict[str, Any]:
+    principal: AllocateKey,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
     """Choose one treatment per customer so the expected cost stays within the budget."""
-    created = allocations.create(
-        session,
-        registry,
-        body,
-        max_customers=settings.max_customers,
-        exploration_rate=settings.exploration_rate,
-    )
-    request.state.timings_ms = created.timings_ms  # Server-Timing header, added after commit
-    return created.body
+
+    def produce() -> tuple[int, bytes]:
+        created = allocations.create(
+            session,
+            registry,
+            body,
+            max_customers=settings.max_customers,
+            exploration_rate=settings.exploration_rate,
+        )
+        request.state.timings_ms = created.timings_ms  # Server-Timing header, added after commit
+        request.state.allocation = created.allocation  # counted in /metrics once sent
+        return 201, AllocationRead.model_validate(created.body).model_dump_json().encode()
+
+    return respond_once(request, session, settings, principal, idempotency_key, body, produce)
 
 
-@router.get("", response_model=AllocationPage)
+@router.get("", response_model=AllocationPage, dependencies=[Depends(require_scope("read"))])
 def list_allocations(
     session: SessionDep,
     settings: SettingsDep,
@@ -54,7 +71,7 @@ def list_allocations(
     created_after: Annotated[datetime | None, Query(description="Inclusive, ISO 8601")] = None,
     created_before: Annotated[datetime | None, Query(description="Exclusive, ISO 8601")] = None,
     limit: Annotated[int, Query(ge=1)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> AllocationPage:
     """Stored allocations, newest first, without their decisions."""
     rows, next_offset = allocations.list_page(
@@ -70,13 +87,18 @@ def list_allocations(
     return AllocationPage(items=items, offset=offset, next_offset=next_offset)
 
 
-@router.get("/{allocation_id}", response_model=AllocationRead, responses={404: _ERRORS[404]})
+@router.get(
+    "/{allocation_id}",
+    response_model=AllocationRead,
+    responses={404: _ERRORS[404]},
+    dependencies=[Depends(require_scope("read"))],
+)
 def get_allocation(
     allocation_id: uuid.UUID,
     session: SessionDep,
     settings: SettingsDep,
     limit: Annotated[int, Query(ge=1, description="Decisions per page")] = 1000,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> dict[str, Any]:
     """One allocation with a page of its decisions in request order."""
     return allocations.get(

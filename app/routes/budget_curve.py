@@ -4,19 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
+from app.auth import require_scope
 from app.deps import RegistryDep, SessionDep, SettingsDep
 from app.schemas import BudgetCurveCreate, BudgetCurveRead
 from app.services import budget_curve
 
-router = APIRouter(prefix="/v1/budget-curve", tags=["budget what-if"])
+router = APIRouter(
+    prefix="/v1/budget-curve",
+    tags=["budget what-if"],
+    dependencies=[Depends(require_scope("allocate"))],  # runs the model like an allocation
+)
 
 
 @router.post(
     "",
     response_model=BudgetCurveRead,
     responses={
+        404: {"description": "Unknown model version"},
         413: {"description": "More customers than DFCL_MAX_CUSTOMERS"},
         422: {"description": "Invalid body or features (names the customer)"},
         503: {"description": "No model is active"},

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
+from app.auth import require_scope
 from app.deps import RegistryDep, SessionDep
 from app.schemas import ModelRegister, ModelVersionRead
 from app.services import models
@@ -19,13 +20,22 @@ _REFUSED: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.get("", response_model=list[ModelVersionRead])
+_READ = [Depends(require_scope("read"))]
+_ADMIN = [Depends(require_scope("admin"))]
+
+
+@router.get("", response_model=list[ModelVersionRead], dependencies=_READ)
 def list_models(session: SessionDep) -> list[ModelVersion]:
     """Every registered version, newest first."""
     return models.list_versions(session)
 
 
-@router.get("/active", response_model=ModelVersionRead, responses={404: {"description": "None"}})
+@router.get(
+    "/active",
+    response_model=ModelVersionRead,
+    responses={404: {"description": "None"}},
+    dependencies=_READ,
+)
 def get_active_model(session: SessionDep) -> ModelVersion:
     """The version new allocations use."""
     return models.get_active(session)
@@ -36,6 +46,7 @@ def get_active_model(session: SessionDep) -> ModelVersion:
     status_code=201,
     response_model=ModelVersionRead,
     responses={**_REFUSED, 409: {"description": "Version already registered"}},
+    dependencies=_ADMIN,
 )
 def register_model(body: ModelRegister, session: SessionDep, registry: RegistryDep) -> ModelVersion:
     """Admin: copy a model directory on the server (e.g. from `dfcl train`) into the registry."""
@@ -46,6 +57,7 @@ def register_model(body: ModelRegister, session: SessionDep, registry: RegistryD
     "/{version}/activate",
     response_model=ModelVersionRead,
     responses={**_REFUSED, 404: {"description": "Unknown version"}},
+    dependencies=_ADMIN,
 )
 def activate_model(version: str, session: SessionDep, registry: RegistryDep) -> ModelVersion:
     """Check and load a registered version, then serve it; in-flight requests finish on the old."""

@@ -5,8 +5,9 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Query, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request
 
+from app.auth import require_scope
 from app.deps import SessionDep, SettingsDep
 from app.schemas import RetrainCreate, RetrainRead
 from app.services import retrain
@@ -19,6 +20,7 @@ router = APIRouter(prefix="/v1/retrain", tags=["retraining"])
     status_code=202,
     response_model=RetrainRead,
     responses={409: {"description": "A retraining job is already in progress"}},
+    dependencies=[Depends(require_scope("admin"))],
 )
 def start_retraining(
     body: RetrainCreate,
@@ -35,7 +37,7 @@ def start_retraining(
             "log_tail": []}  # fmt: skip
 
 
-@router.get("", response_model=list[RetrainRead])
+@router.get("", response_model=list[RetrainRead], dependencies=[Depends(require_scope("read"))])
 def list_retraining(
     session: SessionDep, limit: Annotated[int, Query(ge=1, le=100)] = 20
 ) -> list[dict[str, Any]]:
@@ -44,7 +46,10 @@ def list_retraining(
 
 
 @router.get(
-    "/{job_id}", response_model=RetrainRead, responses={404: {"description": "Unknown job"}}
+    "/{job_id}",
+    response_model=RetrainRead,
+    responses={404: {"description": "Unknown job"}},
+    dependencies=[Depends(require_scope("read"))],
 )
 def get_retraining(job_id: uuid.UUID, session: SessionDep) -> dict[str, Any]:
     """Status, log tail, new version, metrics and the champion/challenger comparison."""

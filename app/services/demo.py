@@ -16,7 +16,7 @@ from typing import Any
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker, prepare_schema
 from app.registry import Registry
-from app.services import models
+from app.services import keys, models
 
 # Most faithful first: Bi-DFCL, then DFCL with its own decision loss, then the two-stage model.
 PREFERRED_METHODS = ("bi-dfcl", "dfcl-ifd", "tsm-rct")
@@ -30,6 +30,7 @@ class DemoResult:
     version: str
     method: str
     curl: str
+    api_key: str
 
 
 def simulate_data(out: Path, *, n_obs: int, n_rct: int, n_test: int, seed: int) -> Path:
@@ -87,6 +88,16 @@ def register_and_activate(settings: Settings, model_dir: Path) -> str:
         engine.dispose()
 
 
+def create_key(settings: Settings) -> str:
+    """An API key for the demo's curl (scopes allocate + read); the database keeps its hash."""
+    engine = make_engine(settings)
+    try:
+        with make_sessionmaker(engine)() as session, session.begin():
+            return keys.create(session, ["allocate", "read"], name="demo")[1]
+    finally:
+        engine.dispose()
+
+
 def example_body(data: Path, n: int = EXAMPLE_CUSTOMERS) -> dict[str, Any]:
     """A request built from the first test customers' raw features, with a modest budget."""
     import pandas as pd
@@ -98,11 +109,14 @@ def example_body(data: Path, n: int = EXAMPLE_CUSTOMERS) -> dict[str, Any]:
     return {"budget": 0.5 * n, "campaign": "demo", "customers": customers}  # binds: < max spend
 
 
-def curl_example(settings: Settings, body: dict[str, Any], host: str, port: int) -> str:
+def curl_example(
+    settings: Settings, body: dict[str, Any], host: str, port: int, api_key: str
+) -> str:
     """A ready-to-paste command for the running service."""
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/v1/allocations"
     return (
         f"curl -s -X POST {url} \\\n  -H 'content-type: application/json' \\\n"
+        f"  -H {shlex.quote(f'authorization: Bearer {api_key}')} \\\n"
         f"  -d {shlex.quote(json.dumps(body))}"
     )
 
@@ -128,5 +142,7 @@ def run(
     say(f"    trained {card['method']}: validation EOM area {card['validation']['eom_area']:.4f}")
     version = register_and_activate(settings, model_dir)
     say(f"3/3 registered and activated {version} in {settings.models_dir}")
-    curl = curl_example(settings, example_body(data), settings.host, settings.port)
-    return DemoResult(data, model_dir, version, card["method"], curl)
+    api_key = create_key(settings)
+    say(f"    API key (allocate, read; shown once, stored hashed): {api_key}")
+    curl = curl_example(settings, example_body(data), settings.host, settings.port, api_key)
+    return DemoResult(data, model_dir, version, card["method"], curl, api_key)

@@ -22,8 +22,9 @@ from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.core.features import FeatureSpec
-from app.db import alembic_config, database_url, find_migrations
+from app.db import alembic_config, database_url, find_migrations, make_engine, make_sessionmaker
 from app.main import create_app
+from app.services import keys
 
 PG_ADMIN_URL = os.environ.get(
     "DFCL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -191,7 +192,15 @@ def db_url(request: pytest.FixtureRequest) -> str:
     url: str = request.getfixturevalue(f"{request.param}_url")
     engine = sa.create_engine(database_url(Settings(database_url=url)))
     with engine.begin() as conn:
-        for table in ("outcomes", "retrain_jobs", "decisions", "allocations", "model_versions"):
+        for table in (
+            "outcomes",
+            "retrain_jobs",
+            "decisions",
+            "allocations",
+            "model_versions",
+            "idempotency_records",
+            "api_keys",
+        ):
             conn.execute(sa.text(f"DELETE FROM {table}"))
     engine.dispose()
     return url
@@ -202,10 +211,32 @@ def settings(db_url: str, tmp_path: Path) -> Settings:
     return Settings(database_url=db_url, models_dir=tmp_path / "models", max_customers=2_000)
 
 
+def make_key(url: str, *scopes: str) -> str:
+    """A new API key with `scopes` in the database at `url` (auth is on, as in production)."""
+    engine = make_engine(Settings(database_url=url))
+    try:
+        with make_sessionmaker(engine)() as session, session.begin():
+            return keys.create(session, scopes, name="tests")[1]
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def new_key() -> Any:
+    """make_key(url, *scopes): a fresh API key in that database."""
+    return make_key
+
+
 @pytest.fixture
-def bare_client(settings: Settings) -> Iterator[TestClient]:
-    """The service with an empty registry."""
-    with TestClient(create_app(settings)) as client:
+def auth_headers(db_url: str) -> dict[str, str]:
+    """Headers with an admin key, for every client the tests build."""
+    return {"Authorization": f"Bearer {make_key(db_url, 'admin')}"}
+
+
+@pytest.fixture
+def bare_client(settings: Settings, auth_headers: dict[str, str]) -> Iterator[TestClient]:
+    """The service with an empty registry; requests carry an admin key."""
+    with TestClient(create_app(settings), headers=auth_headers) as client:
         yield client
 
 

@@ -169,9 +169,9 @@ def test_too_many_customers_is_413(client: TestClient, customers: Any) -> None:
     assert "2001" in r.json()["detail"] and "2000" in r.json()["detail"]
 
 
-def test_body_too_large_is_413(settings: Any) -> None:
+def test_body_too_large_is_413(settings: Any, auth_headers: dict[str, str]) -> None:
     small = settings.model_copy(update={"max_body_bytes": 4096})
-    with TestClient(create_app(small)) as client:
+    with TestClient(create_app(small), headers=auth_headers) as client:
         r = client.post(
             "/v1/allocations", content=b"x" * 5000, headers={"content-type": "application/json"}
         )
@@ -213,7 +213,7 @@ def test_no_model_is_503(bare_client: TestClient, customers: Any) -> None:
 
 
 def test_failed_write_leaves_nothing(
-    client: TestClient, settings: Any, db_url: str, customers: Any
+    client: TestClient, settings: Any, db_url: str, customers: Any, auth_headers: dict[str, str]
 ) -> None:
     """A database error on the 3rd decision row rolls back the allocation and all its rows."""
     engine = sa.create_engine(client.app.state.engine.url)  # type: ignore[attr-defined]
@@ -238,7 +238,9 @@ def test_failed_write_leaves_nothing(
         for stmt in setup:
             conn.exec_driver_sql(stmt)
     try:
-        with TestClient(create_app(settings), raise_server_exceptions=False) as fresh:
+        with TestClient(
+            create_app(settings), raise_server_exceptions=False, headers=auth_headers
+        ) as fresh:
             r = fresh.post("/v1/allocations", json={"budget": 10.0, "customers": customers(5)})
         assert r.status_code == 500
     finally:

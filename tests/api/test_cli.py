@@ -14,7 +14,10 @@ from app.main import create_app
 
 
 def test_models_commands_drive_a_running_service(
-    settings: Settings, model_sources: dict[str, Path], customers: Any
+    settings: Settings,
+    model_sources: dict[str, Path],
+    customers: Any,
+    auth_headers: dict[str, str],
 ) -> None:
     runner = CliRunner()
     env = {"DFCL_DATABASE_URL": settings.database_url, "DFCL_MODELS_DIR": str(settings.models_dir)}
@@ -24,7 +27,7 @@ def test_models_commands_drive_a_running_service(
 
     r = dfcl("models", "list")
     assert r.exit_code == 0 and "no model versions registered" in r.output
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=auth_headers) as client:
         r = dfcl("models", "register", str(model_sources["v1"]), "--activate")
         assert r.exit_code == 0, r.output
         assert "tiny-v1" in r.output and "active" in r.output

@@ -38,7 +38,10 @@ def test_demo_trains_registers_and_prints_a_working_curl(tmp_path: Path) -> None
     words = shlex.split(curl.replace("\\\n", " "))
     body = json.loads(words[words.index("-d") + 1])
     assert words[4].endswith("/v1/allocations") and len(body["customers"]) == 3
-    with TestClient(create_app(settings)) as client:
+    header = words[words.index("-H", 6) + 1]  # the curl carries the API key the demo created
+    assert header.startswith("authorization: Bearer dfcl_")
+    auth = dict([header.split(": ", 1)])
+    with TestClient(create_app(settings), headers=auth) as client:
         active = client.get("/v1/models/active").json()
         assert active["version"] in r.output and active["method"] == "bi-dfcl"
         out = client.post("/v1/allocations", json=body)

@@ -44,11 +44,12 @@ def test_health_and_readiness(bare_client: TestClient, model_sources: dict[str, 
     assert r.status_code == 200 and r.json()["ready"] and r.json()["model_version"] == "tiny-v1"
 
 
-def test_fresh_database_is_migrated_at_startup(tmp_path: Path) -> None:
+def test_fresh_database_is_migrated_at_startup(tmp_path: Path, new_key: Any) -> None:
     settings = Settings(data_dir=tmp_path / "data", models_dir=tmp_path / "models")
     assert settings.database_url == f"sqlite:///{tmp_path / 'data' / 'dfcl.db'}"
     with TestClient(create_app(settings)) as client:
-        assert client.get("/v1/models").json() == []
+        key = new_key(settings.database_url, "read")  # the keys table exists once migrated
+        assert client.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).json() == []
         assert client.get("/readyz").json()["database"] is True
     engine = sa.create_engine(settings.database_url)
     with engine.connect() as conn:
@@ -78,13 +79,16 @@ def test_migrations_found_from_other_directory(tmp_path: Path, monkeypatch: Any)
 
 
 def test_broken_active_model_leaves_service_live(
-    settings: Settings, model_sources: dict[str, Path], customers: Any
+    settings: Settings,
+    model_sources: dict[str, Path],
+    customers: Any,
+    auth_headers: dict[str, str],
 ) -> None:
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=auth_headers) as client:
         client.post("/v1/models", json={"path": str(model_sources["v1"])})
         client.post("/v1/models/tiny-v1/activate")
     (settings.models_dir / "tiny-v1" / "model.onnx").write_bytes(b"corrupted")
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=auth_headers) as client:
         assert client.get("/healthz").status_code == 200
         ready = client.get("/readyz")
         assert ready.status_code == 503 and "tiny-v1" in ready.json()["detail"]

@@ -110,7 +110,7 @@ def test_activation_elsewhere_is_followed(
     client: TestClient, settings: Settings, model_sources: dict[str, Path], customers: Any
 ) -> None:
     """Another worker (here: a second app on the same database) activates v2; this one follows."""
-    with TestClient(create_app(settings)) as other:
+    with TestClient(create_app(settings), headers=client.headers) as other:
         other.post("/v1/models", json={"path": str(model_sources["v2"])})
         assert other.post("/v1/models/tiny-v2/activate").status_code == 200
     r = client.post("/v1/allocations", json={"budget": 10.0, "customers": customers(3)})

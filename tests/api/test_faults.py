@@ -1,0 +1,202 @@
+"""Faults: database unreachable and back, requests past their deadline, a corrupt model file.
+
+The database outage is simulated with a TCP proxy this test owns (127.0.0.1:<port> -> the shared
+PostgreSQL), closed and reopened; the shared server itself is never stopped.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from app.config import Settings
+from app.main import create_app
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:port to a target; `down()` drops every connection and stops listening."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self._listener: socket.socket | None = None
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def up(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            sockets, self._sockets = self._sockets, []
+        if listener is not None:
+            try:
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept() (Linux)
+            except OSError:
+                pass
+            listener.close()
+        for s in sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # closed by down()
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+@pytest.fixture
+def proxy() -> Iterator[TcpProxy]:
+    p = TcpProxy(("127.0.0.1", 5432))
+    p.up()
+    try:
+        yield p
+    finally:
+        p.down()
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # SQLite has no server to lose
+def test_database_unreachable_is_503_then_serves_again(
+    postgres_url: str,
+    db_url: str,
+    proxy: TcpProxy,
+    tmp_path: Path,
+    model_sources: dict[str, Path],
+    customers: Any,
+    auth_headers: dict[str, str],
+) -> None:
+    url = sa.make_url(postgres_url).set(host="127.0.0.1", port=proxy.port)
+    settings = Settings(
+        database_url=url.render_as_string(hide_password=False), models_dir=tmp_path / "models"
+    )
+    body = {"budget": 10.0, "customers": customers(5)}
+    with TestClient(create_app(settings), headers=auth_headers) as client:
+        assert client.post("/v1/models", json={"path": str(model_sources["v1"])}).status_code == 201
+        assert client.post("/v1/models/tiny-v1/activate").status_code == 200
+        assert client.post("/v1/allocations", json=body).status_code == 201
+
+        proxy.down()
+        started = time.monotonic()
+        for method, path in (("POST", "/v1/allocations"), ("GET", "/v1/allocations")):
+            r = client.request(method, path, json=body if method == "POST" else None)
+            assert r.status_code == 503, r.text
+            assert r.json()["error"] == "DatabaseUnavailable" and r.headers["retry-after"] == "5"
+            assert "nothing was stored" in r.json()["detail"]
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["database"] is False
+        assert client.get("/healthz").status_code == 200  # the process itself is fine
+        assert time.monotonic() - started < 10  # refused fast, not hanging
+
+        proxy.up()
+        r = client.post("/v1/allocations", json=body)
+        assert r.status_code == 201, r.text
+        assert client.get("/readyz").status_code == 200
+        assert client.get(f"/v1/allocations/{r.json()['id']}").status_code == 200
+    engine = sa.create_engine(postgres_url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM allocations")).scalar_one() == 2
+    engine.dispose()
+
+
+def test_request_past_its_deadline_is_504_and_rolled_back(
+    client: TestClient, settings: Settings, customers: Any, auth_headers: dict[str, str]
+) -> None:
+    """Another transaction holds the write lock; the request times out and stores nothing."""
+    engine = sa.create_engine(client.app.state.engine.url)  # type: ignore[attr-defined]
+    conn = engine.connect()
+    if engine.dialect.name == "postgresql":
+        conn.execute(sa.text("BEGIN"))
+        conn.execute(sa.text("LOCK TABLE allocations IN EXCLUSIVE MODE"))
+    else:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    threading.Timer(1.5, conn.rollback).start()  # the lock goes away after the deadline
+    quick = settings.model_copy(update={"request_timeout_s": 0.5})
+    try:
+        with TestClient(create_app(quick), headers=auth_headers) as fast:
+            started = time.monotonic()
+            r = fast.post("/v1/allocations", json={"budget": 10.0, "customers": customers(5)})
+            waited = time.monotonic() - started
+    finally:
+        time.sleep(0.1)
+        conn.close()
+    assert r.status_code == 504, r.text
+    assert r.json()["error"] == "RequestTimeout" and "0.5 s" in r.json()["detail"]
+    assert "nothing was stored" in r.json()["detail"] and waited >= 1.4  # the work ran on
+    with engine.connect() as check:
+        assert check.execute(sa.text("SELECT count(*) FROM allocations")).scalar_one() == 0
+        assert check.execute(sa.text("SELECT count(*) FROM decisions")).scalar_one() == 0
+    engine.dispose()
+    # Once the lock is gone the same request succeeds.
+    ok = client.post("/v1/allocations", json={"budget": 10.0, "customers": customers(5)})
+    assert ok.status_code == 201
+
+
+def test_corrupt_model_file_is_refused_and_previous_keeps_serving(
+    client: TestClient, model_sources: dict[str, Path], customers: Any
+) -> None:
+    models_dir: Path = client.app.state.settings.models_dir  # type: ignore[attr-defined]
+    assert client.post("/v1/models", json={"path": str(model_sources["v2"])}).status_code == 201
+    body = {"budget": 10.0, "customers": customers(5)}
+    for damage in ("truncate", "garbage", "card"):
+        target = models_dir / "tiny-v2"
+        shutil.rmtree(target)
+        shutil.copytree(model_sources["v2"], target)
+        if damage == "truncate":
+            data = (target / "model.onnx").read_bytes()
+            (target / "model.onnx").write_bytes(data[: len(data) // 2])
+        elif damage == "garbage":
+            (target / "model.onnx").write_bytes(b"\x00" * 4096)
+        else:
+            (target / "model.json").write_text("{not json")
+        r = client.post("/v1/models/tiny-v2/activate")
+        assert r.status_code == 422, (damage, r.text)
+        assert r.json()["error"] == "InvalidModel"
+        assert client.get("/v1/models/active").json()["version"] == "tiny-v1"
+        out = client.post("/v1/allocations", json=body)
+        assert out.status_code == 201 and out.json()["model_version"] == "tiny-v1"
