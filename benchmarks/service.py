@@ -159,7 +159,13 @@ def start_server(
 
 
 def load(
-    url: str, bodies: list[bytes], *, concurrency: int, requests: int, max_s: float
+    url: str,
+    bodies: list[bytes],
+    *,
+    concurrency: int,
+    requests: int,
+    max_s: float,
+    key: str = "",
 ) -> dict[str, Any]:
     """Send `requests` POSTs from `concurrency` threads (stop early after max_s)."""
     lock = threading.Lock()
@@ -168,6 +174,7 @@ def load(
     errors: list[str] = []
     counter = iter(range(requests))
     deadline = time.monotonic() + max_s
+    auth = f"Bearer {key}"
 
     def worker() -> None:
         with httpx.Client(timeout=60) as client:
@@ -180,7 +187,7 @@ def load(
                 r = client.post(
                     url,
                     content=bodies[i % len(bodies)],
-                    headers={"content-type": "application/json"},
+                    headers={"content-type": "application/json", "authorization": auth},
                 )
                 dt = (time.perf_counter() - t) * 1e3
                 with lock:
@@ -254,17 +261,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             check=True,
             capture_output=True,
         )
+        created = subprocess.run(
+            [sys.executable, "-m", "app.cli", "keys", "create", "--scope", "allocate"],
+            env=env,
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+        key = created.stdout.decode().split()[0]
         port = free_port()
         proc = start_server(env, port, args.workers, work / f"server-{kind}.log")
         try:
             url_alloc = f"http://127.0.0.1:{port}/v1/allocations"
             for n in args.sizes:
                 bodies = request_bodies(model_dir, n, 4, seed=n)
-                load(url_alloc, bodies, concurrency=1, requests=3, max_s=30)  # warm-up
+                load(url_alloc, bodies, concurrency=1, requests=3, max_s=30, key=key)  # warm-up
                 for concurrency in args.concurrency:
                     conc = concurrency if n < 10_000 else max(1, concurrency // 2)
                     reqs = args.requests if n < 10_000 else max(10, args.requests // 5)
-                    res = load(url_alloc, bodies, concurrency=conc, requests=reqs, max_s=args.max_s)
+                    res = load(
+                        url_alloc,
+                        bodies,
+                        concurrency=conc,
+                        requests=reqs,
+                        max_s=args.max_s,
+                        key=key,
+                    )
                     res.update(n_customers=n, concurrency=conc, database=kind)
                     results[f"{kind}/{n}/c{conc}"] = res
                     print_row(res)
