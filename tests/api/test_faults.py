@@ -6,10 +6,13 @@ PostgreSQL), closed and reopened; the shared server itself is never stopped.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,8 @@ from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.main import create_app
+from app.services.retrain import process_alive
+from app.tables import RetrainJob
 
 
 class TcpProxy:
@@ -200,3 +205,52 @@ def test_corrupt_model_file_is_refused_and_previous_keeps_serving(
         assert client.get("/v1/models/active").json()["version"] == "tiny-v1"
         out = client.post("/v1/allocations", json=body)
         assert out.status_code == 201 and out.json()["model_version"] == "tiny-v1"
+
+
+def test_retraining_process_killed_is_failed_and_serving_continues(
+    client: TestClient, settings: Settings, customers: Any, tmp_path: Path
+) -> None:
+    """SIGKILL the job's own process mid-run: the job ends failed with why, the service serves."""
+    for day in range(2):  # logged decisions with outcomes, so the job has rows to train on
+        people = customers(200, seed=day, prefix=f"d{day}-")
+        body = {"budget": 2.0, "per_capita": True, "customers": people, "exploration_rate": 0.5}
+        alloc = client.post("/v1/allocations", json=body).json()
+        outcomes = [
+            {"customer_id": d["customer_id"], "revenue": float(d["treatment"]), "cost": 0.5}
+            for d in alloc["decisions"]
+        ]
+        url = f"/v1/allocations/{alloc['id']}/outcomes"
+        assert client.post(url, json={"outcomes": outcomes}).status_code == 200
+    retraining = settings.model_copy(update={"retrain_dir": tmp_path / "retrain"})
+    with TestClient(create_app(retraining), headers=dict(client.headers)) as service:
+        r = service.post("/v1/retrain", json={"config": {"epochs": 500, "hidden": [8]}})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        try:
+            deadline = time.monotonic() + 60
+            job = service.get(f"/v1/retrain/{job_id}").json()
+            while job["status"] != "running" and time.monotonic() < deadline:
+                assert job["status"] == "queued", job  # must not have finished on its own
+                time.sleep(0.05)
+                job = service.get(f"/v1/retrain/{job_id}").json()
+            assert job["status"] == "running", job
+            with service.app.state.sessionmaker() as session:  # type: ignore[attr-defined]
+                pid = session.get(RetrainJob, uuid.UUID(job_id)).pid  # the API does not show it
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while job["status"] == "running" and time.monotonic() < deadline:
+                time.sleep(0.1)
+                job = service.get(f"/v1/retrain/{job_id}").json()
+            assert job["status"] == "failed" and f"pid {pid}" in job["error"], job
+            assert job["new_version"] is None and not job["activated"]
+            assert service.get("/readyz").json()["model_version"] == "tiny-v1"
+            r = service.post("/v1/allocations", json={"budget": 5.0, "customers": customers(3)})
+            assert r.status_code == 201 and r.json()["model_version"] == "tiny-v1"
+            # The failed job no longer holds the one in-progress slot.
+            assert service.get("/v1/retrain").json()[0]["status"] == "failed"
+        finally:  # never leave a training process behind, whatever failed above
+            with service.app.state.sessionmaker() as session:  # type: ignore[attr-defined]
+                left = session.get(RetrainJob, uuid.UUID(job_id))
+                if left is not None and left.pid and process_alive(left.pid, left.id):
+                    os.kill(left.pid, signal.SIGKILL)
