@@ -22,8 +22,7 @@ from app.db import make_engine, make_sessionmaker, prepare_schema
 from app.limits import BodyLimit, RequestTimeouts
 from app.observability import RequestContext
 from app.registry import Registry
-from app.routes import allocations, health, metrics, models
-from app.routes import budget_curve, outcomes, retrain
+from app.routes import allocations, budget_curve, health, metrics, models, outcomes, retrain
 from app.services import models as model_service
 
 log = logging.getLogger(__name__)
