@@ -165,3 +165,22 @@ def test_champion_challenger_decision(model_sources: dict[str, Path], tmp_path: 
     assert few["decision"] == "keep champion" and "only 400 held-out rows" in few["reason"]
     forced = compare(v1, v2, path, strict, {"margin": 1e9, "force": True})
     assert forced["decision"] == "activate" and forced["reason"] == "forced"
+
+
+def test_database_allows_one_job_in_progress(client: TestClient, settings: Settings) -> None:
+    """The partial unique index, not only the service's check, keeps jobs one at a time."""
+    import sqlalchemy as sa
+
+    engine = make_engine(settings)
+
+    def job(in_progress: bool) -> RetrainJob:
+        return RetrainJob(
+            id=uuid.uuid4(), status="running" if in_progress else "failed",
+            in_progress=in_progress, created_at=datetime.now(UTC), params={}, workdir="-",
+        )  # fmt: skip
+
+    with Session(engine) as session, session.begin():
+        session.add_all([job(True), job(False), job(False)])
+    with pytest.raises(sa.exc.IntegrityError), Session(engine) as session, session.begin():
+        session.add(job(True))
+    engine.dispose()
