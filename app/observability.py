@@ -239,9 +239,9 @@ class RequestContext:
             HTTP_SECONDS.labels(**labels).observe(elapsed)
             if status == 201 and state.get("allocation") is not None:
                 _record_allocation(state["allocation"], state.get("timings_ms") or {})
-            registry = getattr(scope.get("app"), "state", None)
-            active = getattr(getattr(registry, "registry", None), "active", None)
-            record_active_model(active.version if active is not None else None)
+            app_state = getattr(scope.get("app"), "state", None)  # set by the lifespan
+            model = getattr(getattr(app_state, "registry", None), "active", None)
+            record_active_model(model.version if model is not None else None)
             log.log(
                 logging.DEBUG if scope["path"] in _QUIET_ROUTES else logging.INFO,
                 "%s %s %d %.1f ms",
