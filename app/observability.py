@@ -90,6 +90,12 @@ ACTIVE_MODEL = Gauge(
     multiprocess_mode="livemax",
     registry=REGISTRY,
 )
+IDEMPOTENT_REPLAYS = Counter(
+    "dfcl_idempotent_replays",
+    "Retried POSTs answered from their Idempotency-Key's stored response (nothing written).",
+    ["route"],
+    registry=REGISTRY,
+)
 RETRAIN_JOBS = Gauge(
     "dfcl_retrain_jobs",
     "Retraining jobs in the database by status (queued, running, succeeded, failed).",
@@ -217,12 +223,13 @@ class RequestContext:
         token = request_id.set(rid)
         state = scope.setdefault("state", {})
         started = perf_counter()
-        status = 500
+        status, replayed = 500, False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, replayed
             if message["type"] == "http.response.start":
                 status = message["status"]
+                replayed = any(k == b"idempotent-replayed" for k, _ in message["headers"])
                 message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
             await send(message)
 
@@ -237,6 +244,8 @@ class RequestContext:
             labels = {"method": scope["method"], "route": route, "status": str(status)}
             HTTP_REQUESTS.labels(**labels).inc()
             HTTP_SECONDS.labels(**labels).observe(elapsed)
+            if replayed:
+                IDEMPOTENT_REPLAYS.labels(route=route).inc()
             if status == 201 and state.get("allocation") is not None:
                 _record_allocation(state["allocation"], state.get("timings_ms") or {})
             app_state = getattr(scope.get("app"), "state", None)  # set by the lifespan

@@ -90,6 +90,9 @@ def test_replays_and_errors_are_not_counted_as_allocations(
     assert _sample(after, name, model_version="tiny-v1") == _sample(
         before, name, model_version="tiny-v1"
     )
+    replays = "dfcl_idempotent_replays_total"
+    route = "/v1/allocations"
+    assert _sample(after, replays, route=route) - _sample(before, replays, route=route) == 1
 
 
 def test_metrics_can_require_a_key_or_be_off(settings: Settings, db_url: str, new_key: Any) -> None:
