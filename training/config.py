@@ -35,9 +35,10 @@ class TrainConfig:
     )
     lr: float = 1e-3
     weight_decay: float = 1e-5
-    # RCT validation split used for model selection by budget-curve area
+    # RCT validation split for model selection by mean EOM revenue over the budget grid
     val_fraction: float = 0.25
     n_budgets: int = 10  # validation grid size (§8.7)
+    select_z: float = 2.0  # Bi-DFCL leaves its warm start only if paired val gain > z * SE
     train_budget: float | None = None  # per-capita budget for PPL/PIFD; None -> quantiles below
     train_budget_quantiles: tuple[float, ...] = (0.25, 0.5, 0.75)  # of the RCT spend range (§8.7)
     # DFCL (§4): L = L_DL + alpha * L_PL on RCT after a warm start
@@ -85,6 +86,7 @@ class TrainConfig:
             (self.steps_per_epoch >= 0, "steps_per_epoch must be >= 0"),
             (0.0 < self.val_fraction < 1.0, "val_fraction must be in (0, 1)"),
             (self.n_budgets >= 2, "n_budgets must be >= 2"),
+            (self.select_z >= 0, "select_z must be >= 0"),
             (
                 self.lr > 0 and self.bridge_lr > 0 and self.assumed_lr > 0,
                 "learning rates must be > 0",

@@ -3,8 +3,9 @@
 Two-stage (tsm-*): prediction loss only. DFCL (dfcl-*): warm start on the RCT prediction loss,
 then dual decision loss + alpha * prediction loss on RCT. Bi-DFCL: teacher on RCT, warm start on
 pooled factual data, then OBS lower level with bridge pseudo-labels and an RCT upper level every
-k-th batch (ALGORITHMS.md §5.4). Every method keeps the epoch with the best validation EOM
-budget-curve area on a held-out RCT split.
+k-th batch (ALGORITHMS.md §5.4). Every method keeps the epoch with the best validation mean EOM
+revenue over the budget grid (mode E, equal realized spend) on a held-out RCT split; the
+normalised area is still recorded as a diagnostic.
 """
 
 from __future__ import annotations
@@ -26,8 +27,16 @@ from app.core.features import FeatureSpec
 from training import losses
 from training.config import DFCL, TWO_STAGE, TrainConfig
 from training.data import Table, encode_table
-from training.evaluation import Split, budget_grid, budget_range, lam_at_budget, validation_area
 from training.nets import OutcomeNet
+from training.splits import (
+    Split,
+    budget_grid,
+    budget_range,
+    grid_policies,
+    lam_at_budget,
+    paired_grid_gain,
+    validation_curve,
+)
 
 
 @dataclass
@@ -103,6 +112,8 @@ class Trainer:
         self.val_budgets = budget_grid(val, self.k, cfg.n_budgets)
         self.history: list[dict[str, float]] = []
         self.best: tuple[float, dict[str, Tensor] | None] = (-np.inf, None)
+        self.best_info: dict[str, Any] = {}
+        self.anchor: np.ndarray | None = None  # (B, N) validation policies of the anchor model
 
     def batches(self, n: int) -> Iterator[Tensor]:
         return _batches(n, self.cfg.batch_size, self.cfg.steps_per_epoch, self.gen)
@@ -116,14 +127,37 @@ class Trainer:
         return torch.optim.Adam(net.parameters(), lr=lr, weight_decay=self.cfg.weight_decay)
 
     def evaluate(self, net: OutcomeNet, phase: str, logs: dict[str, float], select: bool) -> float:
-        """Validation budget-curve area; remember the best state when `select`."""
+        """Validation selection score of net; remember the best state when `select`.
+
+        Without an anchor the score is the mean EOM revenue over the budget grid (mode E,
+        revenue units): the normalised area divides by R_high - R_low, tiny and noisy on small
+        RCT splits. With an anchor (set_anchor) it is the paired gain over the anchor minus
+        select_z standard errors, so a checkpoint replaces the anchor only on clear evidence.
+        """
         with torch.no_grad():
-            rev_hat, cost_hat = net(self.val.x)
-        area = validation_area(rev_hat.numpy(), cost_hat.numpy(), self.val, self.val_budgets)
-        self.history.append({"phase": phase, "val_area": area, **logs})  # type: ignore[dict-item]
-        if select and area > self.best[0]:
-            self.best = (area, copy.deepcopy(net.state_dict()))
-        return area
+            rev_hat, cost_hat = (v.numpy() for v in net(self.val.x))
+        curve = validation_curve(rev_hat, cost_hat, self.val, self.val_budgets)
+        row = {"phase": phase, "val_revenue": curve.mean_revenue, "val_area": curve.area}
+        score = curve.mean_revenue
+        if self.anchor is not None:
+            policies = grid_policies(rev_hat, cost_hat, curve.lam)
+            gain, se = paired_grid_gain(policies, self.anchor, self.val)
+            score = gain - self.cfg.select_z * se
+            row |= {"val_gain": gain, "val_gain_se": se}
+        self.history.append(row | logs)
+        if select and score > self.best[0]:
+            self.best = (score, copy.deepcopy(net.state_dict()))
+            self.best_info = {"epoch": len(self.history) - 1, **row}
+        return score
+
+    def set_anchor(self, net: OutcomeNet, phase: str) -> None:
+        """Make net the selected model and the reference later checkpoints must beat."""
+        with torch.no_grad():
+            rev_hat, cost_hat = (v.numpy() for v in net(self.val.x))
+        curve = validation_curve(rev_hat, cost_hat, self.val, self.val_budgets)
+        self.anchor = grid_policies(rev_hat, cost_hat, curve.lam)
+        self.best = (-np.inf, None)
+        self.evaluate(net, phase, {}, select=True)
 
     def prediction_epochs(
         self, net: OutcomeNet, data: Split, epochs: int, weighted: bool, phase: str, select: bool
@@ -144,8 +178,8 @@ class Trainer:
                 loss.backward()
                 opt.step()
                 total, count = total + loss.item(), count + 1
-            area = self.evaluate(net, phase, {"pred_loss": total / count}, select)
-            bar.set_postfix(pred=f"{total / count:.4f}", val_area=f"{area:.4f}")
+            score = self.evaluate(net, phase, {"pred_loss": total / count}, select)
+            bar.set_postfix(pred=f"{total / count:.4f}", val_rev=f"{score:.4f}")
 
     def decision_loss(
         self,
@@ -200,8 +234,8 @@ class Trainer:
                 sums += (dl.item(), pl.item())
                 count += 1
             logs = {"decision_loss": sums[0] / count, "pred_loss": sums[1] / count}
-            area = self.evaluate(net, cfg.method, logs, select=True)
-            bar.set_postfix(dl=f"{logs['decision_loss']:.4f}", val_area=f"{area:.4f}")
+            score = self.evaluate(net, cfg.method, logs, select=True)
+            bar.set_postfix(dl=f"{logs['decision_loss']:.4f}", val_rev=f"{score:.4f}")
 
 
 def _device_guard(cfg: TrainConfig) -> None:
@@ -261,7 +295,11 @@ def train(cfg: TrainConfig, rct: Table, obs: Table | None) -> TrainResult:
         "training_data": {"rct": _fingerprint(rct)}
         | ({"obs": _fingerprint(obs)} if obs is not None else {}),
         "validation": {
-            "eom_area": float(run.best[0]),
+            "eom_mean_revenue": float(run.best_info["val_revenue"]),
+            "eom_area": float(run.best_info["val_area"]),
+            "selected_by": "eom_mean_revenue" if run.anchor is None else "paired_gain_lcb",
+            "selected_phase": run.best_info["phase"],
+            "selection_score": float(run.best[0]),
             "rows": len(val),
             "budgets": [float(b) for b in run.val_budgets],
             "train_budgets": [float(b) for b in run.budgets],

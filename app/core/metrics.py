@@ -149,6 +149,7 @@ def lam_for_realized_budget(
     *,
     tol: float = 1e-4,
     max_iter: int = 60,
+    hi_start: float | None = None,
 ) -> float:
     """Mode-E multiplier: bisect lam until the EOM realized per-capita cost of pi_lam meets budget.
 
@@ -158,10 +159,12 @@ def lam_for_realized_budget(
     revenue_pred, cost_pred: (N, K) model outputs; the rest (N,) logged randomized data.
     Bisection keeps the feasible side (hi): if even the cheapest-predicted policy overspends,
     the returned lam is the one that reached it (the caller sees the overspend in the EOM cost).
+    hi_start: optional known lam (e.g. of a smaller budget or a previous model) used as the
+    upper bracket when it fits the budget; otherwise the usual max(r/c) bracket is used.
     """
     t, r, c, p = _logged(treatment, revenue, cost, propensity)
     rp, cp = _predictions(revenue_pred, cost_pred, len(t))
-    return _lam_search(rp, cp, t, c, p, float(budget), tol, max_iter)
+    return _lam_search(rp, cp, t, c, p, float(budget), tol, max_iter, hi_start)
 
 
 def _realized_cost(rp: FloatArray, cp: FloatArray, t: IntArray, c: FloatArray, p: FloatArray,

@@ -97,6 +97,21 @@ def test_lam_meets_realized_budget_and_falls_with_budget() -> None:
     assert metrics.lam_for_realized_budget(d["rev_mean"], d["cost_mean"], *logged, 1e6) == 0.0
 
 
+def test_lam_warm_bracket_agrees_and_bad_bracket_falls_back() -> None:
+    """A feasible hi_start gives the same lam (to tolerance); an infeasible one is ignored."""
+    d = _rct(3000)
+    logged = _logged(d)
+    t, _, c, p = logged
+    cold = metrics.lam_for_realized_budget(d["rev_mean"], d["cost_mean"], *logged, 0.5)
+    for hi_start in (2.0 * cold, 1.01 * cold, 1e-6 * cold):  # last one overspends
+        warm = metrics.lam_for_realized_budget(
+            d["rev_mean"], d["cost_mean"], *logged, 0.5, hi_start=hi_start
+        )
+        spent = np.mean((t == dual_choice(d["rev_mean"], d["cost_mean"], warm)) * c / p)
+        assert 0.5 - 0.05 < spent <= 0.5
+        assert warm == pytest.approx(cold, rel=0.05)
+
+
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10_000), frac=st.floats(0.05, 1.2))
 def test_lam_never_overspends_when_feasible(seed: int, frac: float) -> None:

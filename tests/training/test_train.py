@@ -14,6 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from app.cli import app
+from app.core.solver import dual_choice
 from training import bilevel, losses
 from training.bidfcl import BiLevel
 from training.config import METHODS, TrainConfig
@@ -35,8 +36,22 @@ def test_every_method_trains_and_keeps_its_best_validation_epoch(method, tiny_ta
     result = train(cfg, rct, obs)
     main = [h for h in result.history if h["phase"] == method]
     assert len(main) == 3 + (1 if method.startswith("tsm") else 0)
-    assert result.meta["validation"]["eom_area"] == pytest.approx(max(h["val_area"] for h in main))
-    assert np.isfinite(result.meta["validation"]["eom_area"])
+    # selection by mean validation revenue; Bi-DFCL keeps its warm start (paired gain 0) unless
+    # a checkpoint's paired gain over it clears cfg.select_z standard errors
+    candidates = [h for h in result.history if h["phase"] in (method, f"{method}-start")]
+    anchored = method == "bi-dfcl"
+    score = (
+        (lambda h: h["val_gain"] - cfg.select_z * h["val_gain_se"])
+        if anchored
+        else (lambda h: h["val_revenue"])
+    )
+    best = max(candidates, key=score)
+    val = result.meta["validation"]
+    assert val["selected_by"] == ("paired_gain_lcb" if anchored else "eom_mean_revenue")
+    assert val["selection_score"] == pytest.approx(score(best))
+    assert val["eom_mean_revenue"] == pytest.approx(best["val_revenue"])
+    assert val["eom_area"] == pytest.approx(best["val_area"])
+    assert np.isfinite(val["eom_area"])
     x = torch.from_numpy(result.val_features)
     rev, cost = result.net(x)
     assert rev.shape == (len(x), 3) and bool((rev >= 0).all() and (cost >= 0).all())
@@ -132,12 +147,28 @@ def test_bridge_update_lowers_the_upper_objective_at_the_assumed_optimum(tiny_ta
         )
         return bi.upper(moved, batch, lam).item()
 
-    lam = [bi.lam_star([p.detach() for p in bi.net.parameters()], batch, b) for b in run.budgets]
+    lam = bi.lam_star([p.detach() for p in bi.net.parameters()], batch, run.budgets)
     before = objective()
     for _ in range(5):
         info = bi.upper_step(idx, batch, run.budgets)
         assert np.isfinite(info.upper_loss)
     assert objective() < before
+
+
+def test_warm_started_lambda_meets_the_budget_like_a_cold_bisection(tiny_tables, tiny_config):
+    """The upper level's warm bracket (previous step's lambda*) keeps mode-E spend on budget."""
+    bi, run = _bilevel(tiny_tables, tiny_config)
+    theta = [p.detach() for p in bi.net.parameters()]
+    cold = bi.lam_star(theta, run.train, run.budgets)
+    assert bi.last_lam  # the next call starts from these
+    warm = bi.lam_star(theta, run.train, run.budgets)
+    t, _, c, p = run.train.logged()
+    with torch.no_grad():
+        rev, cost = (v.numpy().astype(np.float64) for v in bi.net(run.train.x))
+    for b, lam_c, lam_w in zip(run.budgets, cold, warm, strict=True):
+        spend = [np.mean((t == dual_choice(rev, cost, lam)) * c / p) for lam in (lam_c, lam_w)]
+        assert spend[1] <= b + 1e-9
+        assert spend[1] == pytest.approx(spend[0], rel=0.02, abs=1e-3)
 
 
 def test_implicit_and_unrolled_bridge_gradients_point_the_same_way(tiny_tables, tiny_config):
@@ -146,7 +177,7 @@ def test_implicit_and_unrolled_bridge_gradients_point_the_same_way(tiny_tables, 
     lower = bi.lower(idx)
     theta = [p.detach() for p in bi.net.parameters()]
     phi = list(bi.bridge.parameters())
-    lam = [bi.lam_star(theta, run.train, b) for b in run.budgets]
+    lam = bi.lam_star(theta, run.train, run.budgets)
     steps = bilevel.assumed_steps(lower, theta, phi, 5, 0.005)
     g = torch.autograd.grad(bi.upper(steps, run.train, lam), steps)
     implicit, _ = bilevel.implicit_meta_grad(lower, g, steps, phi, 30, 0.1)
@@ -232,3 +263,22 @@ def test_benchmark_quick_runs_end_to_end(tmp_path):
     oracle = [r for r in payload["summary"] if r["method"] == "oracle"][0]
     assert all(oracle[b] >= bi[0][b] - 1e-9 for b in ("low", "mid", "high"))
     assert (tmp_path / "decision_quality_quick.png").stat().st_size > 0
+
+
+def test_paired_grid_gain_matches_per_budget_eom_differences(tiny_tables, tiny_config):
+    """Selection's paired gain = mean over the grid of metrics' paired HT differences."""
+    from app.core import metrics
+    from training.splits import grid_policies, paired_grid_gain, validation_curve
+
+    bi, run = _bilevel(tiny_tables, tiny_config)
+    with torch.no_grad():
+        rev, cost = (v.numpy() for v in bi.net(run.val.x))
+    curve = validation_curve(rev, cost, run.val, run.val_budgets)
+    pol = grid_policies(rev, cost, curve.lam)
+    anchor = np.roll(pol, 1, axis=1)  # some other policies on the same rows
+    gain, se = paired_grid_gain(pol, anchor, run.val)
+    logged = run.val.logged()
+    by_budget = [metrics.eom_difference(*logged, a, b)[0] for a, b in zip(pol, anchor, strict=True)]
+    assert gain == pytest.approx(np.mean(by_budget))
+    assert se > 0
+    assert paired_grid_gain(pol, pol, run.val) == (0.0, 0.0)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from app.core import metrics
+from app.core.solver import dual_choice
 
 
 @dataclass(frozen=True)
@@ -59,19 +60,50 @@ def budget_grid(split: Split, n_treatments: int, n_budgets: int) -> np.ndarray:
 
 
 def lam_at_budget(
-    rev_hat: np.ndarray, cost_hat: np.ndarray, split: Split, budget: float, max_iter: int = 20
+    rev_hat: np.ndarray,
+    cost_hat: np.ndarray,
+    split: Split,
+    budget: float,
+    max_iter: int = 20,
+    hi_start: float | None = None,
 ) -> float:
     """Mode-E lambda*: the policy's EOM-realized per-capita cost on `split` meets `budget`.
 
     Training needs lambda* only to ~1e-6 of its bracket (2^-20; the EOM cost itself is far
     noisier), which cuts the bisection work of every upper-level step by two thirds.
+    hi_start: a lam believed feasible (e.g. the previous step's, or a smaller budget's) that
+    replaces the wide max(r/c) upper bracket when it does fit the budget.
     """
     logged = split.logged()
-    return metrics.lam_for_realized_budget(rev_hat, cost_hat, *logged, budget, max_iter=max_iter)
+    return metrics.lam_for_realized_budget(
+        rev_hat, cost_hat, *logged, budget, max_iter=max_iter, hi_start=hi_start
+    )
 
 
-def validation_area(
+def validation_curve(
     rev_hat: np.ndarray, cost_hat: np.ndarray, split: Split, budgets: np.ndarray
-) -> float:
-    """Normalised EOM budget-curve area of predictions (N, K) on a randomized split."""
-    return metrics.budget_curve(rev_hat, cost_hat, *split.logged(), budgets).area
+) -> metrics.BudgetCurve:
+    """Mode-E EOM budget curve of predictions (N, K) on a randomized split, grid (B,).
+
+    Model selection uses its mean_revenue (revenue units, equal realized spend): the
+    normalised `area` divides by R_high - R_low, which is tiny and noisy on small splits.
+    """
+    return metrics.budget_curve(rev_hat, cost_hat, *split.logged(), budgets)
+
+
+def grid_policies(rev_hat: np.ndarray, cost_hat: np.ndarray, lams: np.ndarray) -> np.ndarray:
+    """Mode-E policies (B, N) of predictions (N, K) at a curve's multipliers (B,)."""
+    rp, cp = rev_hat.astype(np.float64), cost_hat.astype(np.float64)
+    return np.stack([dual_choice(rp, cp, float(lam)) for lam in lams])
+
+
+def paired_grid_gain(policies: np.ndarray, anchor: np.ndarray, split: Split) -> tuple[float, float]:
+    """Paired HT gain in mean grid revenue of policies (B, N) over anchor (B, N), with its SE.
+
+    Both are scored on the same logged rows, so the per-row difference cancels most of the
+    heavy-tailed revenue noise that makes two separate validation means hard to compare.
+    """
+    t, r, _, p = split.logged()
+    w = ((policies == t).astype(np.float64) - (anchor == t)).mean(axis=0) / p  # (N,)
+    d = w * r
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
