@@ -19,7 +19,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-data_app = typer.Typer(help="Turn real data sets into the training data contract.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Turn real data sets into the training data contract.", no_args_is_help=True
+)
 models_app = typer.Typer(help="Manage the model registry.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
@@ -110,6 +112,10 @@ def evaluate(
             "--predictions", help="CSV/Parquet with revenue_0.., cost_0.. row-aligned to DATA."
         ),
     ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", help="Exported model dir (model.onnx + model.json)."),
+    ] = None,
     truth: Annotated[
         Path | None, typer.Option("--truth", help="Ground-truth table (simulator).")
     ] = None,
@@ -124,19 +130,28 @@ def evaluate(
     from training.data import DataError
     from training.evaluate import evaluate_predictions, plot_curve, read_predictions
 
-    if predictions is None:
-        fail("give --predictions FILE (columns revenue_0.., cost_0.. row-aligned with DATA)")
+    if (predictions is None) == (model is None):
+        fail("give either --model DIR or --predictions FILE (revenue_j, cost_j per row of DATA)")
         return
     try:
         k = _dataset_arms(data)
-        revenue_pred, cost_pred = read_predictions(predictions, k)
-        table, truth_arrays = _evaluation_data(data, truth, revenue_pred.shape[1])
+        if model is not None:
+            from training.cli_support import model_predictions
+
+            k_model = len(json.loads((model / "model.json").read_text())["treatments"])
+            table, truth_arrays = _evaluation_data(data, truth, k_model)
+            revenue_pred, cost_pred = model_predictions(model, table.features)
+        else:
+            assert predictions is not None
+            revenue_pred, cost_pred = read_predictions(predictions, k)
+            table, truth_arrays = _evaluation_data(data, truth, revenue_pred.shape[1])
         result = evaluate_predictions(
             table, revenue_pred, cost_pred, n_budgets=budgets, truth=truth_arrays
         )
         if plot is not None:
-            plot_curve({predictions.stem: result}, plot)
-    except (DataError, ValueError, OSError) as exc:
+            label = (model if model is not None else predictions).name  # type: ignore[union-attr]
+            plot_curve({label: result}, plot)
+    except (DataError, ValueError, OSError, KeyError) as exc:
         fail(str(exc))
         return
     typer.echo(result.frame().to_string(index=False, float_format=lambda v: f"{v:.4f}"))
