@@ -162,7 +162,7 @@ def evaluate(
 
 
 def _dataset_arms(data: Path) -> int | None:
-    """K from a dataset directory's dataset.json; None for a plain table (taken from predictions)."""
+    """K from a dataset dir's dataset.json; None for a plain table (taken from the predictions)."""
     from training.data import DataError
 
     if not data.is_dir():
@@ -194,14 +194,18 @@ def _evaluation_data(data: Path, truth: Path | None, n_treatments: int) -> tuple
 
 @app.command("train")
 def train_command(
-    method: str = typer.Option(..., "--method", help="tsm-rct, tsm-obs, tsm-pooled, dfcl-pl, "
-                               "dfcl-mer, dfcl-ifd or bi-dfcl"),
-    rct: Path = typer.Option(..., "--rct", help="randomized table (CSV or Parquet)"),
-    obs: Path | None = typer.Option(None, "--obs", help="observational table"),
-    out: Path = typer.Option(..., "--out", help="model directory to write"),
-    config: Path | None = typer.Option(None, "--config", help="TrainConfig JSON file"),
-    seed: int | None = typer.Option(None, "--seed", help="overrides the config's seed"),
-    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method", help="tsm-rct|tsm-obs|tsm-pooled|dfcl-pl|dfcl-mer|dfcl-ifd|bi-dfcl"
+        ),
+    ],
+    rct: Annotated[Path, typer.Option("--rct", help="randomized table (CSV or Parquet)")],
+    out: Annotated[Path, typer.Option("--out", help="model directory to write")],
+    obs: Annotated[Path | None, typer.Option("--obs", help="observational table")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TrainConfig JSON file")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="overrides the config's seed")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False,
 ) -> None:
     """Train a model on RCT (+ OBS) data and export model.onnx + model.json to OUT."""
     from training.cli_support import run_train
@@ -220,7 +224,7 @@ def train_command(
 
 @app.command("export")
 def export_command(
-    checkpoint_dir: Path = typer.Argument(..., help="model directory holding checkpoint.pt"),
+    checkpoint_dir: Annotated[Path, typer.Argument(help="model directory holding checkpoint.pt")],
 ) -> None:
     """Re-export model.onnx + model.json from a training checkpoint (parity-checked)."""
     from training.cli_support import run_export
@@ -232,7 +236,6 @@ def export_command(
         fail(str(exc))
         return
     typer.echo(f"model {desc['version']} ({desc['method']}) exported to {checkpoint_dir}")
-
 
 
 # --- service: serve, models register/list/activate, demo (issue 5) --------------------------
@@ -335,7 +338,6 @@ def models_activate(version: Annotated[str, typer.Argument(help="A registered ve
     _print_version(row)
 
 
-
 @app.command()
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where data and training runs go.")] = Path("demo"),
@@ -383,10 +385,12 @@ def demo(
         typer.echo(f"starting the service on {settings.database_url} (Ctrl+C stops it)")
         serve(host=None, port=None, workers=1)
 
+
 # --- keys: create, list, revoke (issue 7) ---------------------------------------------------
 
-keys_app = typer.Typer(help="API keys (stored hashed; scopes allocate, read, admin).",
-                       no_args_is_help=True)
+keys_app = typer.Typer(
+    help="API keys (stored hashed; scopes allocate, read, admin).", no_args_is_help=True
+)
 app.add_typer(keys_app, name="keys")
 
 
