@@ -90,6 +90,47 @@ def _insert_decisions(
     session.execute(insert(cast(Table, Decision.__table__)), values)
 
 
+@dataclass(frozen=True)
+class Predicted:
+    """Model outputs for the customers of one request, with the stage times (ms)."""
+
+    model: OnnxModel
+    revenue: np.ndarray  # (N, K)
+    cost: np.ndarray  # (N, K)
+    encode_ms: float
+    infer_ms: float
+
+
+def predict_customers(
+    session: Session,
+    registry: Registry,
+    customers: list[CustomerIn],
+    model_version: str | None,
+    *,
+    max_customers: int,
+) -> Predicted:
+    """Size check, model choice, encoding and one model call: shared by every endpoint that
+    scores customers, so they all refuse and report alike."""
+    n_customers = len(customers)
+    if n_customers > max_customers:
+        raise TooManyCustomers(
+            f"{n_customers} customers in one request; the limit is {max_customers} "
+            "(DFCL_MAX_CUSTOMERS): split the request"
+        )
+    model = models.resolve(session, registry, model_version)
+    t0 = perf_counter()
+    features = _encode(model, customers)  # (N, F)
+    t1 = perf_counter()
+    revenue, cost = model.predict(features)  # (N, K) each
+    t2 = perf_counter()
+    if not (np.isfinite(revenue).all() and np.isfinite(cost).all()):
+        bad = int(np.argmin(np.isfinite(revenue).all(axis=1) & np.isfinite(cost).all(axis=1)))
+        raise ModelOutputInvalid(
+            f"model {model.version} predicted a non-finite value for customer {customers[bad].id!r}"
+        )
+    return Predicted(model, revenue, cost, (t1 - t0) * 1e3, (t2 - t1) * 1e3)
+
+
 def create(
     session: Session,
     registry: Registry,
@@ -103,23 +144,11 @@ def create(
     `exploration_rate` is the default when the body does not set one (services/exploration.py).
     """
     n_customers = len(body.customers)
-    if n_customers > max_customers:
-        raise TooManyCustomers(
-            f"{n_customers} customers in one request; the limit is {max_customers} "
-            "(DFCL_MAX_CUSTOMERS): split the request"
-        )
-    model = models.resolve(session, registry, body.model_version)
-    t0 = perf_counter()
-    features = _encode(model, body.customers)  # (N, F)
-    t1 = perf_counter()
-    revenue, cost = model.predict(features)  # (N, K) each
+    predicted = predict_customers(
+        session, registry, body.customers, body.model_version, max_customers=max_customers
+    )
+    model, revenue, cost = predicted.model, predicted.revenue, predicted.cost
     t2 = perf_counter()
-    if not (np.isfinite(revenue).all() and np.isfinite(cost).all()):
-        bad = int(np.argmin(np.isfinite(revenue).all(axis=1) & np.isfinite(cost).all(axis=1)))
-        raise ModelOutputInvalid(
-            f"model {model.version} predicted a non-finite value for customer "
-            f"{body.customers[bad].id!r}"
-        )
     rate = body.exploration_rate if body.exploration_rate is not None else exploration_rate
     seed = (body.seed if body.seed is not None else new_seed()) if rate > 0 else None
     total_budget = body.budget * (n_customers if body.per_capita else 1)
@@ -176,8 +205,8 @@ def create(
     _insert_decisions(session, allocation.id, columns, [c.features for c in body.customers])
     t5 = perf_counter()
     timings = {
-        "encode": (t1 - t0) * 1e3,
-        "infer": (t2 - t1) * 1e3,
+        "encode": predicted.encode_ms,
+        "infer": predicted.infer_ms,
         "solve": (t3 - t2) * 1e3,
         "respond": (t4 - t3) * 1e3,
         "db": (t5 - t4) * 1e3,

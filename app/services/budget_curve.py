@@ -13,11 +13,9 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from app.core.solver import InfeasibleBudget, allocate
-from app.errors import ModelOutputInvalid, TooManyCustomers
 from app.registry import Registry
 from app.schemas import BudgetCurveCreate
-from app.services import models
-from app.services.allocations import _encode
+from app.services.allocations import predict_customers
 
 
 def curve(
@@ -25,15 +23,10 @@ def curve(
 ) -> dict[str, Any]:
     """Predict once, solve at every budget; points in the order of the requested budgets."""
     n_customers = len(body.customers)
-    if n_customers > max_customers:
-        raise TooManyCustomers(
-            f"{n_customers} customers in one request; the limit is {max_customers} "
-            "(DFCL_MAX_CUSTOMERS)"
-        )
-    model = models.resolve(session, registry, body.model_version)
-    revenue, cost = model.predict(_encode(model, body.customers))  # (N, K) each
-    if not (np.isfinite(revenue).all() and np.isfinite(cost).all()):
-        raise ModelOutputInvalid(f"model {model.version} predicted a non-finite value")
+    predicted = predict_customers(
+        session, registry, body.customers, body.model_version, max_customers=max_customers
+    )
+    model, revenue, cost = predicted.model, predicted.revenue, predicted.cost
     min_budget = float(cost.min(axis=1).sum())
     # Everyone on the best-revenue arm (the solver's unconstrained answer): the useful maximum.
     max_useful = float(allocate(revenue, cost, max(float(cost.max(axis=1).sum()), 0.0)).cost)
