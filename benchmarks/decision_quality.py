@@ -281,7 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--ratios", default="10,50", help="OBS:RCT ratios, comma separated")
+    parser.add_argument(
+        "--ratios", default="10,50", help="OBS:RCT ratios, comma separated ('' = none)"
+    )
     parser.add_argument("--n-obs", type=int, default=50_000)
     parser.add_argument("--n-test", type=int, default=50_000)
     parser.add_argument(
@@ -319,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     records: list[dict[str, Any]] = []
-    for ratio in (int(r) for r in args.ratios.split(",")):
+    for ratio in (int(r) for r in args.ratios.split(",") if r.strip()):  # "" = Hillstrom only
         for seed in range(args.seeds):
             records += simulator_records(args, ratio, seed)
     if args.hillstrom:
