@@ -21,22 +21,20 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+from load import free_port, fresh_database  # same folder: run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "service.json"
-PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 STAGES = ("encode", "infer", "solve", "respond", "db", "commit")
 TARGET_P99_MS = {1_000: 100.0, 10_000: 1_000.0}
 
@@ -131,12 +129,6 @@ def request_bodies(model_dir: Path, n: int, count: int, seed: int) -> list[bytes
     return bodies
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_server(
     env: dict[str, str], port: int, workers: int, log: Path
 ) -> subprocess.Popen[bytes]:
@@ -222,32 +214,12 @@ def load(
     }
 
 
-def database(kind: str) -> tuple[str, Any]:
-    """A fresh database URL and a cleanup function."""
-    if kind == "sqlite":
-        d = Path(tempfile.mkdtemp(prefix="dfcl-bench-"))
-        return f"sqlite:///{d / 'bench.db'}", lambda: shutil.rmtree(d, ignore_errors=True)
-    import sqlalchemy as sa
-
-    name = f"dfcl_bench_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-
-    def drop() -> None:
-        with admin.connect() as c:
-            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return sa.make_url(PG_ADMIN_URL).set(database=name).render_as_string(False), drop
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="dfcl-bench-"))
     model_dir = args.model_dir or synthetic_model(work / "model")
     results: dict[str, Any] = {}
     for kind in args.databases:
-        url, cleanup = database(kind)
+        url, cleanup = fresh_database(kind, work)
         env = {
             **os.environ,
             "DFCL_DATABASE_URL": url,
