@@ -45,10 +45,13 @@ def instance(n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
     return revenue, cost, budget
 
 
-def highs_lp(
-    revenue: np.ndarray, cost: np.ndarray, budget: float, solver: str, time_limit_s: float
-) -> tuple[float | None, float, str]:
-    """LP relaxation optimum (None if not optimal), solve wall time and model status."""
+def knapsack_model(
+    revenue: np.ndarray, cost: np.ndarray, budget: float, integer: bool = False
+) -> highspy.HighsLp:
+    """The knapsack as HiGHS sees it: one-hot rows per customer plus one budget row.
+
+    LP relaxation by default; integer=True gives the exact MIP. The solver tests use it too.
+    """
     n, k = revenue.shape
     lp = highspy.HighsLp()
     lp.num_col_, lp.num_row_ = n * k, n + 1
@@ -61,6 +64,16 @@ def highs_lp(
     lp.a_matrix_.start_ = np.arange(0, 2 * n * k + 1, 2, dtype=np.int32)
     lp.a_matrix_.index_ = np.column_stack([np.repeat(np.arange(n), k), np.full(n * k, n)]).ravel()
     lp.a_matrix_.value_ = np.column_stack([np.ones(n * k), cost.ravel()]).ravel()
+    if integer:
+        lp.integrality_ = [highspy.HighsVarType.kInteger] * (n * k)
+    return lp
+
+
+def highs_lp(
+    revenue: np.ndarray, cost: np.ndarray, budget: float, solver: str, time_limit_s: float
+) -> tuple[float | None, float, str]:
+    """LP relaxation optimum (None if not optimal), solve wall time and model status."""
+    lp = knapsack_model(revenue, cost, budget)
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)
     h.setOptionValue("time_limit", time_limit_s)

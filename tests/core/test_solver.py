@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import highspy
 import numpy as np
 import pytest
@@ -11,23 +14,18 @@ from hypothesis import strategies as st
 from app.core import solver
 from app.core.solver import Allocation, InfeasibleBudget, allocate, dual_choice
 
+# The HiGHS model of the knapsack lives in the solver benchmark; load it from there.
+_spec = importlib.util.spec_from_file_location(
+    "solver_benchmark", Path(__file__).parents[2] / "benchmarks" / "solver.py"
+)
+assert _spec is not None and _spec.loader is not None
+_bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_bench)
+
 
 def highs_optimum(revenue: np.ndarray, cost: np.ndarray, budget: float, integer: bool) -> float:
-    """Optimum of the knapsack (MIP) or its LP relaxation: one-hot rows plus one budget row."""
-    n, k = revenue.shape
-    lp = highspy.HighsLp()
-    lp.num_col_, lp.num_row_ = n * k, n + 1
-    lp.sense_ = highspy.ObjSense.kMaximize
-    lp.col_cost_ = revenue.ravel()
-    lp.col_lower_, lp.col_upper_ = np.zeros(n * k), np.ones(n * k)
-    lp.row_lower_ = np.r_[np.ones(n), -highspy.kHighsInf]
-    lp.row_upper_ = np.r_[np.ones(n), budget]
-    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
-    lp.a_matrix_.start_ = np.arange(0, 2 * n * k + 1, 2, dtype=np.int32)
-    lp.a_matrix_.index_ = np.column_stack([np.repeat(np.arange(n), k), np.full(n * k, n)]).ravel()
-    lp.a_matrix_.value_ = np.column_stack([np.ones(n * k), cost.ravel()]).ravel()
-    if integer:
-        lp.integrality_ = [highspy.HighsVarType.kInteger] * (n * k)
+    """Optimum of the knapsack (MIP) or its LP relaxation, solved by HiGHS to zero gap."""
+    lp = _bench.knapsack_model(revenue, cost, budget, integer)
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)
     h.setOptionValue("mip_rel_gap", 0.0)
