@@ -22,6 +22,7 @@ from tqdm import tqdm
 from training import bilevel, losses
 from training.config import TrainConfig
 from training.nets import BridgeNet, OutcomeNet
+from training.selection import Checkpoints
 from training.splits import Split, lam_at_budget
 
 if TYPE_CHECKING:
@@ -70,19 +71,18 @@ class BiLevel:
             snap_rev = torch.where(logged, r[:, None], snap_rev)
             snap_cost = torch.where(logged, c[:, None], snap_cost)
 
+        logged_arm = None if self.cfg.bridge_factual else t  # None: every label is the mix
+
         def loss(theta: Sequence[Tensor], phi: Sequence[Tensor]) -> Tensor:
             params = dict(zip(self.phi_names, phi, strict=True))
             w_rev, w_cost = functional_call(self.bridge, params, (x,))
             rev_cf = w_rev * t_rev + (1 - w_rev) * snap_rev
             cost_cf = w_cost * t_cost + (1 - w_cost) * snap_cost
             rev_hat, cost_hat = self.predict(theta, x)
-            if self.cfg.bridge_factual:  # every arm's label comes from the mix
-                err = ((rev_cf - rev_hat) / net.revenue_scale) ** 2
-                err = err + ((cost_cf - cost_hat) / net.cost_scale) ** 2
-                return err.sum(dim=1).mean()
             return losses.lower_level_loss(
-                rev_hat, cost_hat, t, r, c, rev_cf, cost_cf, net.revenue_scale, net.cost_scale
-            )
+                rev_hat, cost_hat, logged_arm, r, c, rev_cf, cost_cf,
+                net.revenue_scale, net.cost_scale, self.cfg.outcome_loss,  # type: ignore[arg-type]
+            )  # fmt: skip
 
         return loss
 
@@ -167,32 +167,37 @@ def _pretrain(run: Trainer) -> tuple[OutcomeNet, OutcomeNet]:
     """Warm-started target (pooled factual loss) and the frozen RCT teacher (§5.2, §8.11).
 
     teacher_init="pooled" fine-tunes a copy of the warm-started target on the RCT split (the
-    paper allows "any uplift model"); "scratch" trains the teacher on RCT alone. The teacher
-    keeps its best validation epoch.
+    paper allows "any uplift model"), and that starting point stays a candidate, so fine-tuning
+    on noisy RCT labels is kept only if validation clearly favours it; "scratch" trains the
+    teacher on RCT alone. The teacher is selected like every model (training/selection.py).
     """
     cfg = run.cfg
     assert run.obs is not None
     pooled = run.train.concat(run.obs)
     net = run.outcome_net(pooled, 0)
-    run.prediction_epochs(net, pooled, cfg.warm_start_epochs, False, "warm-start", select=False)
+    run.prediction_epochs(net, pooled, cfg.warm_start_epochs, False, "warm-start")
+    candidates = Checkpoints()
     if cfg.teacher_init == "pooled":
         teacher = copy.deepcopy(net)
+        run.keep(teacher, candidates, "teacher-start")
     else:
         teacher = run.outcome_net(run.train, 1)
-    run.prediction_epochs(teacher, run.train, cfg.teacher_epochs, True, "teacher", select=True)
-    assert run.best[1] is not None
-    teacher.load_state_dict(run.best[1])
+    run.prediction_epochs(teacher, run.train, cfg.teacher_epochs, True, "teacher", candidates)
+    run.select(teacher, candidates, "teacher")
     teacher.requires_grad_(False)
-    run.best = (-np.inf, None)  # selection restarts for the target network
     return teacher, net
 
 
-def train_bidfcl(run: Trainer) -> OutcomeNet:
-    """Teacher pretraining, warm start, then the bi-level phase; returns the target network."""
+def train_bidfcl(run: Trainer, checkpoints: Checkpoints) -> OutcomeNet:
+    """Teacher pretraining, warm start, then the bi-level phase; returns the target network.
+
+    The warm start's end is a candidate beside the bi-level epochs (whose final weights are
+    averaged), so the bi-level phase is kept unless validation clearly prefers its start.
+    """
     cfg, rct = run.cfg, run.train
     assert run.obs is not None
     teacher, net = _pretrain(run)
-    run.set_anchor(net, "bi-dfcl-start")  # keep the warm start unless validation says otherwise
+    run.keep(net, checkpoints, "warm-start-end")
     # lower-level data: OBS as in the paper, or OBS plus the RCT split's factual rows (§8.10)
     obs = run.obs if cfg.lower_data == "obs" else rct.concat(run.obs)
     with torch.random.fork_rng():
@@ -206,7 +211,7 @@ def train_bidfcl(run: Trainer) -> OutcomeNet:
     opt = run.optimizer(net, cfg.lr)
     bar = tqdm(range(cfg.epochs), desc="bi-dfcl", disable=not cfg.extra.get("progress", True))
     step = 0
-    for _ in bar:
+    for epoch in bar:
         lows: list[float] = []
         infos: list[UpperInfo] = []
         for idx in run.batches(len(obs)):
@@ -225,7 +230,7 @@ def train_bidfcl(run: Trainer) -> OutcomeNet:
             "cg_residual": float(np.mean([i.cg_residual for i in infos])) if infos else np.nan,
             "upper_skipped": float(sum(not i.applied for i in infos)),
         }
-        score = run.evaluate(net, "bi-dfcl", logs, select=True)
+        val = run.epoch_end(net, "bi-dfcl", logs, checkpoints, epoch, cfg.epochs)
         bar.set_postfix(low=f"{logs['lower_loss']:.3f}", up=f"{logs['upper_loss']:.4f}",
-                        val_rev=f"{score:.4f}")  # fmt: skip
+                        val_rev=f"{val:.4f}")  # fmt: skip
     return net

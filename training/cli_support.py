@@ -53,7 +53,7 @@ def run_train(
     meta = {**result.meta, "treatments": [str(n) for n in names]}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(out_dir / "config.json")
+    result.config.save(out_dir / "config.json")  # as trained (outcome_loss resolved)
     (out_dir / "history.json").write_text(json.dumps(result.history, indent=1) + "\n")
     save_checkpoint(out_dir, result.net, meta, result.val_features)
     description = export(result.net, out_dir, meta, result.val_features)

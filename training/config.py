@@ -12,6 +12,7 @@ Method = Literal["tsm-rct", "tsm-obs", "tsm-pooled", "dfcl-pl", "dfcl-mer", "dfc
 UpperLoss = Literal["ppl", "pifd", "dpl", "difd"]
 MetaGrad = Literal["implicit", "unrolled"]
 Reward = Literal["revenue", "dual"]
+OutcomeLossChoice = Literal["auto", "mse", "poisson"]
 
 METHODS: tuple[str, ...] = get_args(Method)
 TWO_STAGE: tuple[str, ...] = ("tsm-rct", "tsm-obs", "tsm-pooled")
@@ -35,10 +36,16 @@ class TrainConfig:
     )
     lr: float = 1e-3
     weight_decay: float = 1e-5
-    # RCT validation split for model selection by mean EOM revenue over the budget grid
+    # outcome error of every prediction term: "auto" = Poisson deviance when all revenue and
+    # cost labels are >= 0 (spend-like, heavy-tailed), else squared error; resolved before
+    # training and saved resolved in config.json
+    outcome_loss: str = "auto"
+    # the model of a phase is the average of its final epochs' weights (SWA); 0: the last epoch
+    average_fraction: float = 0.25
+    # RCT validation split; selection by the paired EOM gain over the budget grid
     val_fraction: float = 0.25
     n_budgets: int = 10  # validation grid size (§8.7)
-    select_z: float = 2.0  # Bi-DFCL leaves its warm start only if paired val gain > z * SE
+    select_z: float = 2.0  # a checkpoint replaces the weight average only if gain > z * SE
     train_budget: float | None = None  # per-capita budget for PPL/PIFD; None -> quantiles below
     train_budget_quantiles: tuple[float, ...] = (0.25, 0.5, 0.75)  # of the RCT spend range (§8.7)
     # DFCL (§4): L = L_DL + alpha * L_PL on RCT after a warm start
@@ -77,6 +84,12 @@ class TrainConfig:
             (self.upper_loss in get_args(UpperLoss), f"upper_loss: bad value {self.upper_loss!r}"),
             (self.meta_grad in get_args(MetaGrad), f"meta_grad: bad value {self.meta_grad!r}"),
             (self.ppl_reward in get_args(Reward), f"ppl_reward: bad value {self.ppl_reward!r}"),
+            (
+                self.outcome_loss in get_args(OutcomeLossChoice),
+                f"outcome_loss must be one of {get_args(OutcomeLossChoice)}, "
+                f"got {self.outcome_loss!r}",
+            ),
+            (0.0 <= self.average_fraction <= 1.0, "average_fraction must lie in [0, 1]"),
             (
                 self.teacher_init in ("scratch", "pooled"),
                 f"teacher_init: bad {self.teacher_init!r}",

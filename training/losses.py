@@ -3,17 +3,25 @@
 Shapes: predictions rev_hat, cost_hat (B, K); logged treatment (B,) int64; factual revenue,
 cost, propensity (B,). Temperatures and clip widths are given in units of the batch std of the
 dual score a = r_hat - lam * c_hat (detached), so defaults do not depend on the currency (§8.14).
+
+Outcome errors come in two kinds (`OutcomeLoss`): squared error, the papers' choice, and the
+Poisson deviance, whose gradient (mu - y) / mu weights each customer by the inverse of the
+variance of spend-like labels (variance grows with the mean), so on heavy-tailed revenue the
+few big spenders no longer dominate the fit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
 EPS = 1e-6
+OutcomeLoss = Literal["mse", "poisson"]
+_MEAN_FLOOR = 1e-6  # Poisson deviance needs a positive mean; in units of the label scale
 
 
 def _factual(values: Tensor, treatment: Tensor) -> Tensor:
@@ -33,6 +41,23 @@ def frequency_weights(treatment: Tensor, n_treatments: int) -> Tensor:
     return 1.0 / (n_treatments * freq[treatment])
 
 
+def outcome_error(
+    pred: Tensor, label: Tensor, scale: float | Tensor = 1.0, kind: OutcomeLoss = "mse"
+) -> Tensor:
+    """Elementwise error of predictions against labels (same shape), both divided by `scale`.
+
+    "mse": squared error. "poisson": deviance y log(y / mu) - (y - mu), zero at mu = y, for
+    labels >= 0 (the mean is floored at a tiny positive value).
+    """
+    mu, y = pred / scale, label / scale
+    if kind == "mse":
+        return (y - mu) ** 2
+    if kind == "poisson":
+        mu = mu.clamp_min(_MEAN_FLOOR)
+        return torch.special.xlogy(y, y) - torch.special.xlogy(y, mu) - y + mu
+    raise ValueError(f"outcome loss must be 'mse' or 'poisson', got {kind!r}")
+
+
 def prediction_loss(
     rev_hat: Tensor,
     cost_hat: Tensor,
@@ -42,34 +67,41 @@ def prediction_loss(
     weight: Tensor | None = None,
     revenue_scale: float | Tensor = 1.0,
     cost_scale: float | Tensor = 1.0,
+    kind: OutcomeLoss = "mse",
 ) -> Tensor:
-    """Factual squared error (§2); weight=frequency_weights gives the RCT-unbiased L_PL.
+    """Factual outcome error (§2); weight=frequency_weights gives the RCT-unbiased L_PL.
 
     Errors are divided by the label scales so revenue and cost count alike whatever their units.
     """
-    err = ((revenue - _factual(rev_hat, treatment)) / revenue_scale) ** 2
-    err = err + ((cost - _factual(cost_hat, treatment)) / cost_scale) ** 2
+    err = outcome_error(_factual(rev_hat, treatment), revenue, revenue_scale, kind)
+    err = err + outcome_error(_factual(cost_hat, treatment), cost, cost_scale, kind)
     return (err if weight is None else weight * err).mean()
 
 
 def lower_level_loss(
     rev_hat: Tensor,
     cost_hat: Tensor,
-    treatment: Tensor,
+    treatment: Tensor | None,
     revenue: Tensor,
     cost: Tensor,
     rev_cf: Tensor,
     cost_cf: Tensor,
     revenue_scale: float | Tensor = 1.0,
     cost_scale: float | Tensor = 1.0,
+    kind: OutcomeLoss = "mse",
 ) -> Tensor:
-    """Bi-DFCL L_low (§5.2): factual labels on the logged arm, pseudo-labels (B, K) elsewhere."""
-    logged = F.one_hot(treatment, rev_hat.shape[1]).bool()
-    rev_target = torch.where(logged, revenue[:, None], rev_cf)
-    cost_target = torch.where(logged, cost[:, None], cost_cf)
-    err = ((rev_target - rev_hat) / revenue_scale) ** 2 + (
-        (cost_target - cost_hat) / cost_scale
-    ) ** 2
+    """Bi-DFCL L_low (§5.2): factual labels on the logged arm, pseudo-labels (B, K) elsewhere.
+
+    treatment=None: every arm's label is the pseudo-label (the bridge also gates the logged arm).
+    """
+    if treatment is None:
+        rev_target, cost_target = rev_cf, cost_cf
+    else:
+        logged = F.one_hot(treatment, rev_hat.shape[1]).bool()
+        rev_target = torch.where(logged, revenue[:, None], rev_cf)
+        cost_target = torch.where(logged, cost[:, None], cost_cf)
+    err = outcome_error(rev_hat, rev_target, revenue_scale, kind)
+    err = err + outcome_error(cost_hat, cost_target, cost_scale, kind)
     return err.sum(dim=1).mean()
 
 

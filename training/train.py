@@ -3,14 +3,13 @@
 Two-stage (tsm-*): prediction loss only. DFCL (dfcl-*): warm start on the RCT prediction loss,
 then dual decision loss + alpha * prediction loss on RCT. Bi-DFCL: teacher on RCT, warm start on
 pooled factual data, then OBS lower level with bridge pseudo-labels and an RCT upper level every
-k-th batch (ALGORITHMS.md §5.4). Every method keeps the epoch with the best validation mean EOM
-revenue over the budget grid (mode E, equal realized spend) on a held-out RCT split; the
-normalised area is still recorded as a diagnostic.
+k-th batch (ALGORITHMS.md §5.4). Every method's model is the weight average of its final epochs;
+a checkpoint replaces it only on clear paired validation evidence (mode-E EOM over the budget
+grid on a held-out RCT split; training/selection.py says why).
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -28,15 +27,8 @@ from training import losses
 from training.config import DFCL, TWO_STAGE, TrainConfig
 from training.data import Table, encode_table
 from training.nets import OutcomeNet
-from training.splits import (
-    Split,
-    budget_grid,
-    budget_range,
-    grid_policies,
-    lam_at_budget,
-    paired_grid_gain,
-    validation_curve,
-)
+from training.selection import Checkpoints, Scored, averaged_epochs, score
+from training.splits import Split, budget_grid, budget_range, lam_at_budget
 
 
 @dataclass
@@ -47,7 +39,8 @@ class TrainResult:
     spec: FeatureSpec
     meta: dict[str, Any]
     val_features: np.ndarray
-    history: list[dict[str, float]] = field(default_factory=list)
+    config: TrainConfig  # as trained: outcome_loss resolved
+    history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -110,10 +103,9 @@ class Trainer:
             else [lo + q * (hi - lo) for q in cfg.train_budget_quantiles]
         )
         self.val_budgets = budget_grid(val, self.k, cfg.n_budgets)
-        self.history: list[dict[str, float]] = []
-        self.best: tuple[float, dict[str, Tensor] | None] = (-np.inf, None)
-        self.best_info: dict[str, Any] = {}
-        self.anchor: np.ndarray | None = None  # (B, N) validation policies of the anchor model
+        self.history: list[dict[str, Any]] = []
+        if cfg.outcome_loss not in ("mse", "poisson"):
+            raise ValueError(f"outcome_loss {cfg.outcome_loss!r}: resolve it (train() does)")
 
     def batches(self, n: int) -> Iterator[Tensor]:
         return _batches(n, self.cfg.batch_size, self.cfg.steps_per_epoch, self.gen)
@@ -126,60 +118,62 @@ class Trainer:
     def optimizer(self, net: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(net.parameters(), lr=lr, weight_decay=self.cfg.weight_decay)
 
-    def evaluate(self, net: OutcomeNet, phase: str, logs: dict[str, float], select: bool) -> float:
-        """Validation selection score of net; remember the best state when `select`.
+    def evaluate(self, net: OutcomeNet, phase: str, logs: dict[str, float]) -> Scored:
+        """Validation EOM curve of net (mode E, revenue units), recorded as a history row."""
+        scored = score(net, self.val, self.val_budgets)
+        scored.row.update({"phase": phase, **logs})
+        self.history.append(scored.row)
+        return scored
 
-        Without an anchor the score is the mean EOM revenue over the budget grid (mode E,
-        revenue units): the normalised area divides by R_high - R_low, tiny and noisy on small
-        RCT splits. With an anchor (set_anchor) it is the paired gain over the anchor minus
-        select_z standard errors, so a checkpoint replaces the anchor only on clear evidence.
-        """
-        with torch.no_grad():
-            rev_hat, cost_hat = (v.numpy() for v in net(self.val.x))
-        curve = validation_curve(rev_hat, cost_hat, self.val, self.val_budgets)
-        row = {"phase": phase, "val_revenue": curve.mean_revenue, "val_area": curve.area}
-        score = curve.mean_revenue
-        if self.anchor is not None:
-            policies = grid_policies(rev_hat, cost_hat, curve.lam)
-            gain, se = paired_grid_gain(policies, self.anchor, self.val)
-            score = gain - self.cfg.select_z * se
-            row |= {"val_gain": gain, "val_gain_se": se}
-        self.history.append(row | logs)
-        if select and score > self.best[0]:
-            self.best = (score, copy.deepcopy(net.state_dict()))
-            self.best_info = {"epoch": len(self.history) - 1, **row}
-        return score
+    def epoch_end(
+        self, net: OutcomeNet, phase: str, logs: dict[str, float],
+        checkpoints: Checkpoints | None, epoch: int, epochs: int,
+    ) -> float:  # fmt: skip
+        """Evaluate after an epoch, keep it as a candidate (final epochs also go into the
+        average); returns the validation mean revenue for the progress bar."""
+        scored = self.evaluate(net, phase, logs)
+        if checkpoints is not None:
+            first_averaged = epochs - averaged_epochs(epochs, self.cfg.average_fraction)
+            checkpoints.add(net, scored, average=epoch >= first_averaged)
+        return float(scored.row["val_revenue"])
 
-    def set_anchor(self, net: OutcomeNet, phase: str) -> None:
-        """Make net the selected model and the reference later checkpoints must beat."""
-        with torch.no_grad():
-            rev_hat, cost_hat = (v.numpy() for v in net(self.val.x))
-        curve = validation_curve(rev_hat, cost_hat, self.val, self.val_budgets)
-        self.anchor = grid_policies(rev_hat, cost_hat, curve.lam)
-        self.best = (-np.inf, None)
-        self.evaluate(net, phase, {}, select=True)
+    def keep(self, net: OutcomeNet, checkpoints: Checkpoints, phase: str) -> None:
+        """Make net as it is now (e.g. a warm start's end) a candidate, outside any average."""
+        checkpoints.add(net, self.evaluate(net, phase, {}), average=False)
+
+    def select(self, net: OutcomeNet, checkpoints: Checkpoints, phase: str) -> dict[str, Any]:
+        """Load the selected weights (training/selection.py) into net; returns what was chosen."""
+        default_row, info = checkpoints.select(
+            net, self.val, self.val_budgets, self.cfg.select_z, phase
+        )
+        if default_row["phase"].endswith("-average"):
+            self.history.append(default_row)
+        return info
 
     def prediction_epochs(
-        self, net: OutcomeNet, data: Split, epochs: int, weighted: bool, phase: str, select: bool
-    ) -> None:
+        self, net: OutcomeNet, data: Split, epochs: int, weighted: bool, phase: str,
+        checkpoints: Checkpoints | None = None,
+    ) -> None:  # fmt: skip
         """Factual prediction loss; weighted=True is the arm-balanced RCT loss (§2)."""
         opt = self.optimizer(net, self.cfg.lr)
         weight = losses.frequency_weights(data.treatment, self.k) if weighted else None
         bar = tqdm(range(epochs), desc=phase, disable=not self.cfg.extra.get("progress", True))
-        for _ in bar:
+        for epoch in bar:
             total, count = 0.0, 0
             for idx in self.batches(len(data)):
                 rev_hat, cost_hat = net(data.x[idx])
                 loss = losses.prediction_loss(
                     rev_hat, cost_hat, data.treatment[idx], data.revenue[idx], data.cost[idx],
                     None if weight is None else weight[idx], net.revenue_scale, net.cost_scale,
-                )  # fmt: skip
+                    self.cfg.outcome_loss,
+                )  # type: ignore[arg-type]  # fmt: skip
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 total, count = total + loss.item(), count + 1
-            score = self.evaluate(net, phase, {"pred_loss": total / count}, select)
-            bar.set_postfix(pred=f"{total / count:.4f}", val_rev=f"{score:.4f}")
+            logs = {"pred_loss": total / count}
+            val = self.epoch_end(net, phase, logs, checkpoints, epoch, epochs)
+            bar.set_postfix(pred=f"{total / count:.4f}", val_rev=f"{val:.4f}")
 
     def decision_loss(
         self,
@@ -212,30 +206,30 @@ class Trainer:
             for q in (0.25, 0.5, 0.75)
         ]
 
-    def dfcl_epochs(self, net: OutcomeNet) -> None:
+    def dfcl_epochs(self, net: OutcomeNet, checkpoints: Checkpoints) -> None:
         """L_DL + alpha * L_PL on the RCT training split (§4.1)."""
         cfg, data = self.cfg, self.train
         lambdas = self.dual_lambdas(net)
         opt = self.optimizer(net, cfg.lr)
         weight = losses.frequency_weights(data.treatment, self.k)
         bar = tqdm(range(cfg.epochs), desc=cfg.method, disable=not cfg.extra.get("progress", True))
-        for _ in bar:
+        for epoch in bar:
             sums, count = np.zeros(2), 0
             for idx in self.batches(len(data)):
                 rev_hat, cost_hat = net(data.x[idx])
                 dl = self.decision_loss(net, rev_hat, cost_hat, data, idx, lambdas)
                 pl = losses.prediction_loss(
                     rev_hat, cost_hat, data.treatment[idx], data.revenue[idx], data.cost[idx],
-                    weight[idx], net.revenue_scale, net.cost_scale,
-                )  # fmt: skip
+                    weight[idx], net.revenue_scale, net.cost_scale, cfg.outcome_loss,
+                )  # type: ignore[arg-type]  # fmt: skip
                 opt.zero_grad()
                 (dl + cfg.alpha * pl).backward()
                 opt.step()
                 sums += (dl.item(), pl.item())
                 count += 1
             logs = {"decision_loss": sums[0] / count, "pred_loss": sums[1] / count}
-            score = self.evaluate(net, cfg.method, logs, select=True)
-            bar.set_postfix(dl=f"{logs['decision_loss']:.4f}", val_rev=f"{score:.4f}")
+            val = self.epoch_end(net, cfg.method, logs, checkpoints, epoch, cfg.epochs)
+            bar.set_postfix(dl=f"{logs['decision_loss']:.4f}", val_rev=f"{val:.4f}")
 
 
 def _device_guard(cfg: TrainConfig) -> None:
@@ -267,39 +261,59 @@ def prepare(
     return spec, train, val, obs_split
 
 
+def resolve_outcome_loss(cfg: TrainConfig, tables: Sequence[Table]) -> TrainConfig:
+    """Turn outcome_loss "auto" into "poisson" (all labels >= 0) or "mse"; check "poisson".
+
+    The Poisson deviance is only defined for non-negative labels; a negative one (a refund,
+    say) is named with its file, column and row.
+    """
+    if cfg.outcome_loss == "mse":
+        return cfg
+    for table in tables:
+        for column in ("revenue", "cost"):
+            values = getattr(table, column)
+            if values.min() < 0:
+                if cfg.outcome_loss == "poisson":
+                    row = int(np.argmin(values))
+                    raise ValueError(
+                        f"{table.path}: column {column!r} has {values[row]} at row {row}; the "
+                        "poisson outcome loss needs labels >= 0 (use outcome_loss 'mse')"
+                    )
+                return cfg.replace(outcome_loss="mse")
+    return cfg.replace(outcome_loss="poisson")
+
+
 def train(cfg: TrainConfig, rct: Table, obs: Table | None) -> TrainResult:
     """Train `cfg.method` and return the validation-selected target network."""
     _device_guard(cfg)
     started = time.perf_counter()
+    cfg = resolve_outcome_loss(cfg, [rct] + ([obs] if obs is not None else []))
     spec, tr, val, obs_split = prepare(cfg, rct, obs)
     run = Trainer(cfg, tr, val, obs_split)
     method, total = cfg.method, cfg.warm_start_epochs + cfg.epochs
+    checkpoints = Checkpoints()
     if method in TWO_STAGE:
         data = {"tsm-rct": tr, "tsm-obs": obs_split, "tsm-pooled": None}[method]
         data = data if data is not None else tr.concat(obs_split)  # type: ignore[arg-type]
         net = run.outcome_net(data, 0)
-        run.prediction_epochs(net, data, total, method == "tsm-rct", method, select=True)
+        run.prediction_epochs(net, data, total, method == "tsm-rct", method, checkpoints)
     elif method in DFCL:
         net = run.outcome_net(tr, 0)
-        run.prediction_epochs(net, tr, cfg.warm_start_epochs, True, "warm-start", select=False)
-        run.dfcl_epochs(net)
+        run.prediction_epochs(net, tr, cfg.warm_start_epochs, True, "warm-start")
+        run.keep(net, checkpoints, "warm-start-end")
+        run.dfcl_epochs(net, checkpoints)
     else:
         from training.bidfcl import train_bidfcl
 
-        net = train_bidfcl(run)
-    assert run.best[1] is not None, "no epoch was evaluated"
-    net.load_state_dict(run.best[1])
+        net = train_bidfcl(run, checkpoints)
+    selection = run.select(net, checkpoints, method)
     meta = {
         "method": method,
         "feature_spec": spec.to_json(),
         "training_data": {"rct": _fingerprint(rct)}
         | ({"obs": _fingerprint(obs)} if obs is not None else {}),
         "validation": {
-            "eom_mean_revenue": float(run.best_info["val_revenue"]),
-            "eom_area": float(run.best_info["val_area"]),
-            "selected_by": "eom_mean_revenue" if run.anchor is None else "paired_gain_lcb",
-            "selected_phase": run.best_info["phase"],
-            "selection_score": float(run.best[0]),
+            **selection,
             "rows": len(val),
             "budgets": [float(b) for b in run.val_budgets],
             "train_budgets": [float(b) for b in run.budgets],
@@ -307,4 +321,4 @@ def train(cfg: TrainConfig, rct: Table, obs: Table | None) -> TrainResult:
         "config": cfg.to_json(),
     }
     seconds = time.perf_counter() - started
-    return TrainResult(net, spec, meta, val.x.numpy(), run.history, seconds)
+    return TrainResult(net, spec, meta, val.x.numpy(), cfg, run.history, seconds)

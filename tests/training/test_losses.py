@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from training import losses
@@ -151,3 +152,31 @@ def test_decision_losses_have_gradients_that_improve_a_bad_policy():
         (grad,) = torch.autograd.grad(value, rh)
         assert grad.abs().sum() > 0
         assert fn((rh - 0.5 * grad / grad.abs().max()).detach()).item() <= value.item()
+
+
+def test_poisson_deviance_is_zero_only_at_the_label_and_minimised_by_the_mean():
+    t, r, c, p, good, _, cost_hat = _ranking_case()
+    true_r = torch.where(t[:, None] == torch.arange(2), r[:, None], good)
+    true_c = torch.where(t[:, None] == torch.arange(2), c[:, None], cost_hat)
+    # zero up to the mean floor that zero labels predicted as zero pay (log mu stays finite)
+    perfect = float(losses.prediction_loss(true_r, true_c, t, r, c, kind="poisson"))
+    assert 0.0 <= perfect <= losses._MEAN_FLOOR
+    assert float(losses.prediction_loss(true_r + 0.5, true_c, t, r, c, kind="poisson")) > 0.0
+    # among constant predictions of heavy-tailed labels (zeros included) the mean minimises it
+    g = torch.Generator().manual_seed(0)
+    labels = torch.where(torch.rand(500, generator=g) < 0.7, 0.0, 1.0) * torch.exp(
+        torch.randn(500, generator=g, dtype=torch.float64)
+    )
+    mu = torch.tensor(float(labels.mean()), dtype=torch.float64, requires_grad=True)
+    dev = losses.outcome_error(mu.expand(500), labels, kind="poisson").mean()
+    (grad,) = torch.autograd.grad(dev, mu)
+    assert abs(float(grad)) < 1e-9
+    with torch.no_grad():
+        for off in (0.8, 1.25):
+            worse = losses.outcome_error((mu * off).expand(500), labels, kind="poisson").mean()
+            assert float(worse) > float(dev)
+
+
+def test_outcome_error_rejects_an_unknown_kind():
+    with pytest.raises(ValueError, match="'mse' or 'poisson'"):
+        losses.outcome_error(torch.ones(3), torch.ones(3), kind="huber")  # type: ignore[arg-type]

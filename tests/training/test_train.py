@@ -19,67 +19,87 @@ from training import bilevel, losses
 from training.bidfcl import BiLevel
 from training.config import METHODS, TrainConfig
 from training.nets import BridgeNet
+from training.selection import score
 from training.train import Trainer, prepare, train
 
 
-def _factual_loss(net, data) -> float:
+def _factual_loss(net, data, kind) -> float:
     with torch.no_grad():
         rev_hat, cost_hat = net(data.x)
-    args = (data.treatment, data.revenue, data.cost, None, net.revenue_scale, net.cost_scale)
+    args = (data.treatment, data.revenue, data.cost, None, net.revenue_scale, net.cost_scale, kind)
     return float(losses.prediction_loss(rev_hat, cost_hat, *args))
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_every_method_trains_and_keeps_its_best_validation_epoch(method, tiny_tables, tiny_config):
+def test_every_method_trains_and_selects_by_paired_gain(method, tiny_tables, tiny_config):
+    """The weight average of the final epochs is kept unless a checkpoint's paired validation
+    gain over it clears select_z standard errors; the returned net holds the chosen weights."""
     rct, obs = tiny_tables
-    cfg = tiny_config(method, lr=3e-3)
+    cfg = tiny_config(method, lr=3e-3, select_z=0.5)  # low z: a checkpoint may well win
     result = train(cfg, rct, obs)
     main = [h for h in result.history if h["phase"] == method]
     assert len(main) == 3 + (1 if method.startswith("tsm") else 0)
-    # selection by mean validation revenue; Bi-DFCL keeps its warm start (paired gain 0) unless
-    # a checkpoint's paired gain over it clears cfg.select_z standard errors
-    candidates = [h for h in result.history if h["phase"] in (method, f"{method}-start")]
-    anchored = method == "bi-dfcl"
-    score = (
-        (lambda h: h["val_gain"] - cfg.select_z * h["val_gain_se"])
-        if anchored
-        else (lambda h: h["val_revenue"])
-    )
-    best = max(candidates, key=score)
+    averaged = [h for h in result.history if h["phase"] == f"{method}-average"]
+    assert len(averaged) == 1
+    starts = {"tsm-rct": [], "tsm-obs": [], "tsm-pooled": []}.get(method, ["warm-start-end"])
+    candidates = [h for h in result.history if h["phase"] in (method, *starts)]
+    assert len(candidates) == len(main) + len(starts)
+    lcb = [h["val_gain"] - cfg.select_z * h["val_gain_se"] for h in candidates]
     val = result.meta["validation"]
-    assert val["selected_by"] == ("paired_gain_lcb" if anchored else "eom_mean_revenue")
-    assert val["selection_score"] == pytest.approx(score(best))
+    assert val["selected_by"] == "paired_gain_lcb"
+    assert val["averaged_epochs"] == 1  # ceil(0.25 * 3 or 4 epochs)
+    if max(lcb) > 0:
+        best = candidates[int(np.argmax(lcb))]
+        assert val["selected"] == "checkpoint" and val["selected_phase"] == best["phase"]
+        assert val["selection_score"] == pytest.approx(max(lcb))
+    else:
+        best = averaged[0]
+        assert val["selected"] == "average" and val["selection_score"] == 0.0
     assert val["eom_mean_revenue"] == pytest.approx(best["val_revenue"])
     assert val["eom_area"] == pytest.approx(best["val_area"])
     assert np.isfinite(val["eom_area"])
+    # the returned network is the selected model: its validation revenue is the recorded one
+    _, tr, val_split, _ = prepare(result.config, rct, obs)
+    rescored = score(result.net, val_split, np.asarray(val["budgets"]))
+    assert rescored.row["val_revenue"] == pytest.approx(val["eom_mean_revenue"], rel=1e-6)
+    assert result.config.outcome_loss == "poisson"  # simulator labels are all >= 0
     x = torch.from_numpy(result.val_features)
     rev, cost = result.net(x)
     assert rev.shape == (len(x), 3) and bool((rev >= 0).all() and (cost >= 0).all())
 
 
+@pytest.mark.parametrize("kind", ["mse", "poisson"])
 @pytest.mark.parametrize("source", ["rct", "obs", "pooled"])
-def test_prediction_epochs_reduce_the_factual_loss(source, tiny_tables, tiny_config):
+def test_prediction_epochs_reduce_the_factual_loss(source, kind, tiny_tables, tiny_config):
     """Two-stage objective (also the teacher and the warm start) goes down with training."""
     rct, obs = tiny_tables
-    cfg = tiny_config(f"tsm-{source}", lr=3e-3)
+    cfg = tiny_config(f"tsm-{source}", lr=3e-3, outcome_loss=kind)
     _, tr, val, obs_split = prepare(cfg, rct, obs)
     data = {"rct": tr, "obs": obs_split, "pooled": tr.concat(obs_split)}[source]
     run = Trainer(cfg, tr, val, obs_split)
     net = run.outcome_net(data, 0)
-    before = _factual_loss(net, data)
-    run.prediction_epochs(net, data, 4, source == "rct", "fit", select=False)
-    assert _factual_loss(net, data) < before
+    before = _factual_loss(net, data, kind)
+    run.prediction_epochs(net, data, 4, source == "rct", "fit")
+    assert _factual_loss(net, data, kind) < before
+
+
+def test_trainer_refuses_an_unresolved_outcome_loss(tiny_tables, tiny_config):
+    rct, obs = tiny_tables
+    cfg = tiny_config("tsm-pooled")
+    _, tr, val, obs_split = prepare(cfg, rct, obs)
+    with pytest.raises(ValueError, match="outcome_loss 'auto'"):
+        Trainer(cfg, tr, val, obs_split)
 
 
 @pytest.mark.parametrize("method", ["dfcl-pl", "dfcl-mer", "dfcl-ifd"])
 def test_dfcl_steps_raise_the_policy_value_they_target(method, tiny_tables, tiny_config):
     """Full-batch steps on the DFCL loss raise the smoothed (PL/MER) or exact (IFD) dual value."""
     rct, obs = tiny_tables
-    cfg = tiny_config(method, alpha=0.0, lr=1e-2)
+    cfg = tiny_config(method, alpha=0.0, lr=1e-2, outcome_loss="poisson")
     _, tr, val, obs_split = prepare(cfg, rct, obs)
     run = Trainer(cfg, tr, val, obs_split)
     net = run.outcome_net(tr, 0)
-    run.prediction_epochs(net, tr, 2, True, "warm-start", select=False)
+    run.prediction_epochs(net, tr, 2, True, "warm-start")
     lambdas = run.dual_lambdas(net)
     everyone = torch.arange(len(tr))
 
@@ -107,13 +127,13 @@ def test_dfcl_steps_raise_the_policy_value_they_target(method, tiny_tables, tiny
 
 def _bilevel(tiny_tables, tiny_config, **changes):
     rct, obs = tiny_tables
-    cfg = tiny_config("bi-dfcl", **changes)
+    cfg = tiny_config("bi-dfcl", **{"outcome_loss": "poisson", **changes})
     _, tr, val, obs_split = prepare(cfg, rct, obs)
     run = Trainer(cfg, tr, val, obs_split)
     teacher = run.outcome_net(tr, 1)
-    run.prediction_epochs(teacher, tr, 3, True, "teacher", select=False)
+    run.prediction_epochs(teacher, tr, 3, True, "teacher")
     net = run.outcome_net(obs_split, 0)
-    run.prediction_epochs(net, tr.concat(obs_split), 3, False, "warm-start", select=False)
+    run.prediction_epochs(net, tr.concat(obs_split), 3, False, "warm-start")
     bridge = BridgeNet(tr.x.shape[1], 3, cfg.hidden)
     bridge.fit_scales(obs_split.x)
     return BiLevel(cfg, net, bridge, teacher, obs_split), run

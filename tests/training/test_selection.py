@@ -1,0 +1,105 @@
+"""Selection: the weight average is the default model; a checkpoint needs paired evidence."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from training.data import load_table
+from training.nets import OutcomeNet
+from training.selection import Checkpoints, Scored, averaged_epochs
+from training.splits import Split
+from training.train import resolve_outcome_loss
+
+
+def _net(fill: float) -> OutcomeNet:
+    net = OutcomeNet(2, 2, (3,))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.fill_(fill)
+    return net
+
+
+def _val(n: int = 400) -> Split:
+    """Randomized 2-arm rows: arm 1 earns 10 on odd rows, everything else earns 0."""
+    t = torch.arange(n) % 2
+    odd = (torch.arange(n) // 2) % 2 == 1
+    revenue = torch.where((t == 1) & odd, 10.0, 0.0)
+    return Split(torch.zeros(n, 2), t, revenue, torch.zeros(n), torch.full((n,), 0.5))
+
+
+def test_averaged_epochs_is_the_ceiling_share_and_zero_when_off():
+    assert [averaged_epochs(40, 0.25), averaged_epochs(3, 0.25), averaged_epochs(4, 0.0)] == [
+        10,
+        1,
+        0,
+    ]
+    assert averaged_epochs(5, 1.0) == 5
+
+
+def test_average_holds_the_mean_of_the_averaged_weights_only():
+    ck = Checkpoints()
+    dummy = Scored({"phase": "p", "val_revenue": 0.0, "val_area": 0.0}, np.zeros((1, 4), int))
+    for fill, averaged in ((9.0, False), (1.0, True), (2.0, True), (6.0, True)):
+        ck.add(_net(fill), Scored(dict(dummy.row), dummy.policies), average=averaged)
+    assert ck.n_averaged == 3 and len(ck.candidates) == 4
+    assert ck.average is not None
+    for p in ck.average.module.parameters():
+        torch.testing.assert_close(p, torch.full_like(p, 3.0))
+
+
+@pytest.mark.parametrize("z", [0.0, 1.0, 50.0])
+def test_a_checkpoint_replaces_the_default_only_when_its_paired_gain_clears_z(z):
+    """No average: the default is the last candidate (treat nobody); the other candidate treats
+    the odd rows that earn 10, a large and sure gain, so it wins unless z is absurd."""
+    val = _val()
+    n = len(val)
+    odd = ((np.arange(n) // 2) % 2 == 1).astype(np.int64)
+    ck = Checkpoints()
+    ck.add(_net(1.0), Scored({"phase": "good", "val_revenue": 5.0, "val_area": 1.0},
+                             odd[None, :]), average=False)  # fmt: skip
+    ck.add(_net(2.0), Scored({"phase": "last", "val_revenue": 0.0, "val_area": 0.0},
+                             np.zeros((1, n), np.int64)), average=False)  # fmt: skip
+    net = _net(0.0)
+    _, info = ck.select(net, val, np.array([1.0]), z, "m")
+    good_row = ck.candidates[0][0]
+    assert good_row["val_gain"] == pytest.approx(5.0)  # HT: half the rows, 10 / p / N ... = 5
+    lcb = good_row["val_gain"] - z * good_row["val_gain_se"]
+    if lcb > 0:
+        assert info["selected_phase"] == "good" and info["selection_score"] == pytest.approx(lcb)
+        expected = 1.0
+    else:
+        assert info["selected_phase"] == "last" and info["selection_score"] == 0.0
+        expected = 2.0
+    assert info["selected"] == "checkpoint"  # nothing was averaged
+    assert all(float(p.detach().flatten()[0]) == expected for p in net.parameters())
+    assert (z == 50.0) == (lcb <= 0)
+
+
+def test_select_without_candidates_is_an_error():
+    with pytest.raises(ValueError, match="no checkpoint"):
+        Checkpoints().select(_net(0.0), _val(), np.array([1.0]), 2.0, "m")
+
+
+def _table(tmp_path: Path, name: str, revenue: list[float]):
+    frame = pd.DataFrame({"x": np.arange(len(revenue), dtype=float), "treatment": [0, 1] * 2,
+                          "revenue": revenue, "cost": [0.0, 1.0] * 2})  # fmt: skip
+    frame.to_csv(tmp_path / name, index=False)
+    return load_table(tmp_path / name, "rct")
+
+
+def test_outcome_loss_auto_resolves_by_the_sign_of_the_labels(tmp_path, tiny_config):
+    spend = _table(tmp_path, "spend.csv", [0.0, 3.0, 0.0, 7.5])
+    refunds = _table(tmp_path, "refunds.csv", [0.0, 3.0, -2.5, 7.5])
+    cfg = tiny_config("tsm-rct")
+    assert resolve_outcome_loss(cfg, [spend]).outcome_loss == "poisson"
+    assert resolve_outcome_loss(cfg, [spend, refunds]).outcome_loss == "mse"
+    assert resolve_outcome_loss(cfg.replace(outcome_loss="mse"), [spend]).outcome_loss == "mse"
+    with pytest.raises(ValueError, match=r"refunds\.csv: column 'revenue' has -2\.5 at row 2"):
+        resolve_outcome_loss(cfg.replace(outcome_loss="poisson"), [refunds])
+    assert math.isfinite(refunds.revenue.sum())
