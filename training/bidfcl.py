@@ -22,7 +22,7 @@ from tqdm import tqdm
 from training import bilevel, losses
 from training.config import TrainConfig
 from training.nets import BridgeNet, OutcomeNet
-from training.selection import Checkpoints
+from training.selection import Candidate, Checkpoints
 from training.splits import Split, lam_at_budget
 
 if TYPE_CHECKING:
@@ -163,43 +163,55 @@ class BiLevel:
         return UpperInfo(up.item(), residual, applied)
 
 
-def _pretrain(run: Trainer) -> tuple[OutcomeNet, OutcomeNet]:
-    """Warm-started target (pooled factual loss) and the frozen RCT teacher (§5.2, §8.11).
+def _folds(run: Trainer) -> tuple[Split, Split]:
+    """(teacher fold, upper fold) of the RCT training split; both are all rows without
+    cross-fitting (upper_fold = 0)."""
+    rct, share = run.train, run.cfg.upper_fold
+    if share == 0:
+        return rct, rct
+    order = torch.randperm(len(rct), generator=torch.Generator().manual_seed(run.cfg.seed + 3))
+    n_upper = int(round(share * len(rct)))
+    if n_upper < 2 or len(rct) - n_upper < 2:
+        raise ValueError(f"upper_fold {share}: {len(rct)} RCT training rows are too few to split")
+    return rct.subset(order[n_upper:].sort().values), rct.subset(order[:n_upper].sort().values)
 
-    teacher_init="pooled" fine-tunes a copy of the warm-started target on the RCT split (the
-    paper allows "any uplift model"), and that starting point stays a candidate, so fine-tuning
-    on noisy RCT labels is kept only if validation clearly favours it; "scratch" trains the
-    teacher on RCT alone. The teacher is selected like every model (training/selection.py).
+
+def _teacher(run: Trainer, warm: OutcomeNet, teacher_rows: Split) -> OutcomeNet:
+    """The frozen RCT teacher (§5.2), selected like every model (training/selection.py).
+
+    teacher_init="pooled" fine-tunes a copy of the warm-started target on the teacher's RCT rows
+    (the paper allows "any uplift model"), and that starting point stays a candidate, so
+    fine-tuning on noisy RCT labels is kept only if validation clearly favours it; "scratch"
+    trains the teacher on those rows alone.
+    """
+    cfg, candidates = run.cfg, Checkpoints()
+    if cfg.teacher_init == "pooled":
+        teacher = copy.deepcopy(warm)
+        start = Candidate(run.evaluate(teacher, "teacher-start", {}), warm.state_dict())
+        candidates.candidates.append(start)
+    else:
+        teacher = run.outcome_net(teacher_rows, 1)
+    run.prediction_epochs(teacher, teacher_rows, cfg.teacher_epochs, True, "teacher", candidates)
+    run.select(teacher, candidates, run.close_phase(teacher, candidates, "teacher"))
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def train_bidfcl(run: Trainer, checkpoints: Checkpoints) -> tuple[OutcomeNet, Candidate]:
+    """Warm start, teacher, then the bi-level phase; returns the target and its warm start.
+
+    The warm start is the pooled prediction model (factual OBS + RCT rows, §8.11), averaged like
+    every phase; the bi-level phase continues from it and its epochs are the candidates.
     """
     cfg = run.cfg
     assert run.obs is not None
+    teacher_rows, rct = _folds(run)  # rct: the upper level's rows
     pooled = run.train.concat(run.obs)
     net = run.outcome_net(pooled, 0)
-    run.prediction_epochs(net, pooled, cfg.warm_start_epochs, False, "warm-start")
-    candidates = Checkpoints()
-    if cfg.teacher_init == "pooled":
-        teacher = copy.deepcopy(net)
-        run.keep(teacher, candidates, "teacher-start")
-    else:
-        teacher = run.outcome_net(run.train, 1)
-    run.prediction_epochs(teacher, run.train, cfg.teacher_epochs, True, "teacher", candidates)
-    run.select(teacher, candidates, "teacher")
-    teacher.requires_grad_(False)
-    return teacher, net
-
-
-def train_bidfcl(run: Trainer, checkpoints: Checkpoints) -> OutcomeNet:
-    """Teacher pretraining, warm start, then the bi-level phase; returns the target network.
-
-    The warm start's end is a candidate beside the bi-level epochs (whose final weights are
-    averaged), so the bi-level phase is kept unless validation clearly prefers its start.
-    """
-    cfg, rct = run.cfg, run.train
-    assert run.obs is not None
-    teacher, net = _pretrain(run)
-    run.keep(net, checkpoints, "warm-start-end")
-    # lower-level data: OBS as in the paper, or OBS plus the RCT split's factual rows (§8.10)
-    obs = run.obs if cfg.lower_data == "obs" else rct.concat(run.obs)
+    warm = run.warm_start(net, pooled, False, checkpoints)
+    teacher = _teacher(run, net, teacher_rows)
+    # lower-level data: OBS as in the paper, or OBS plus the teacher fold's factual rows (§8.10)
+    obs = run.obs if cfg.lower_data == "obs" else teacher_rows.concat(run.obs)
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed + 2)
         bridge = BridgeNet(obs.x.shape[1], run.k, tuple(cfg.hidden))
@@ -233,4 +245,4 @@ def train_bidfcl(run: Trainer, checkpoints: Checkpoints) -> OutcomeNet:
         val = run.epoch_end(net, "bi-dfcl", logs, checkpoints, epoch, cfg.epochs)
         bar.set_postfix(low=f"{logs['lower_loss']:.3f}", up=f"{logs['upper_loss']:.4f}",
                         val_rev=f"{val:.4f}")  # fmt: skip
-    return net
+    return net, warm

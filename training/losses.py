@@ -205,14 +205,27 @@ def ifd_loss(
     lambdas: Sequence[float],
     h: float,
     use_cost: bool = False,
+    tau: float | None = 1.0,
 ) -> Tensor:
-    """Linear surrogate -sum sg(g) * prediction whose gradient is the IFD estimate (§4.4)."""
+    """Surrogate whose gradient follows the frozen IFD estimate g = dQ/dr_hat (§4.4).
+
+    tau=None: the reference notebook's linear surrogate -sum sg(g) * r_hat (use_cost adds the
+    cost term). It is unbounded in r_hat, so only short fine-tuning at a tiny learning rate keeps
+    it sane; with a prediction term whose pull saturates (the Poisson deviance) it diverges.
+    tau > 0 (default): the paper's smoothed variant -sum sg(g) * softmax(a / tau), bounded like
+    PL/MER/PIFD; tau is in units of the batch std of a. use_cost has no effect there (§4.4:
+    the smoothed variant perturbs r_hat only).
+    """
     total = rev_hat.new_zeros(())
     for lam in lambdas:
-        width = h * float(_score_scale(rev_hat - lam * cost_hat))
+        score = rev_hat - lam * cost_hat
+        scale = _score_scale(score)
         g_r, g_c = ifd_gradients(
-            rev_hat, cost_hat, treatment, revenue, cost, propensity, lam, width
+            rev_hat, cost_hat, treatment, revenue, cost, propensity, lam, h * float(scale)
         )
+        if tau is not None:
+            total = total - (torch.softmax(score / (tau * scale), dim=1) * g_r).sum()
+            continue
         total = total - (rev_hat * g_r).sum()
         if use_cost:
             total = total - (cost_hat * g_c).sum()

@@ -4,9 +4,10 @@ Validation EOM on a few thousand heavy-tailed RCT rows is far noisier than the d
 between epochs, so "keep the epoch with the best validation score" mostly keeps noise -- on the
 simulator it often kept an early, poor epoch. Instead the model of a phase is the average of the
 weights of its final epochs (stochastic weight averaging, which also lowers the run-to-run
-variance), and a single checkpoint replaces that average only when its paired validation gain
-over it clears `select_z` standard errors. Paired: both policies are scored on the same logged
-rows, which cancels most of the revenue noise a comparison of two separate means would carry.
+variance). Selection starts from a default model (the caller names it: a phase average) and
+another candidate replaces it only when its paired validation gain over the default clears
+`select_z` standard errors. Paired: both policies are scored on the same logged rows, which
+cancels most of the revenue noise a comparison of two separate means would carry.
 """
 
 from __future__ import annotations
@@ -33,6 +34,14 @@ class Scored:
     policies: np.ndarray
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """A model selection may pick: its validation result and its weights."""
+
+    scored: Scored
+    state: dict[str, Tensor]
+
+
 def score(net: OutcomeNet, val: Split, budgets: np.ndarray) -> Scored:
     """Mode-E EOM budget curve of net on the validation split and its grid policies."""
     with torch.no_grad():
@@ -49,57 +58,54 @@ def averaged_epochs(epochs: int, fraction: float) -> int:
 
 @dataclass
 class Checkpoints:
-    """Candidate weights of one network (with their history rows) and the running average."""
+    """Candidates of one network and the running weight average of the current phase."""
 
-    candidates: list[tuple[dict[str, Any], np.ndarray, dict[str, Tensor]]] = field(
-        default_factory=list
-    )
+    candidates: list[Candidate] = field(default_factory=list)
     average: AveragedModel | None = None
     n_averaged: int = 0
 
-    def add(self, net: OutcomeNet, scored: Scored, average: bool) -> None:
-        """Keep net's current weights as a candidate; fold them into the average if asked."""
-        self.candidates.append((scored.row, scored.policies, copy.deepcopy(net.state_dict())))
+    def add(self, net: OutcomeNet, scored: Scored, keep: bool, average: bool) -> None:
+        """Keep net's current weights as a candidate and/or fold them into the average."""
+        if keep:
+            self.candidates.append(Candidate(scored, copy.deepcopy(net.state_dict())))
         if average:
             if self.average is None:
                 self.average = AveragedModel(net)
             self.average.update_parameters(net)
             self.n_averaged += 1
 
-    def select(
-        self, net: OutcomeNet, val: Split, budgets: np.ndarray, z: float, phase: str
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Load the chosen weights into net; return (history row of the default, selection info).
+    def close_average(self, val: Split, budgets: np.ndarray, phase: str) -> Candidate | None:
+        """Turn the phase's weight average into a candidate (row phase '<phase>-average')."""
+        if self.average is None:
+            return None
+        net = self.average.module
+        scored = score(net, val, budgets)
+        scored.row.update({"phase": f"{phase}-average", "averaged_epochs": self.n_averaged})
+        candidate = Candidate(scored, copy.deepcopy(net.state_dict()))
+        self.candidates.append(candidate)
+        self.average, self.n_averaged = None, 0
+        return candidate
 
-        The default is the weight average (or, with nothing averaged, the last candidate). Every
-        candidate's row gets its paired gain over the default and that gain's standard error.
+    def select(self, net: OutcomeNet, val: Split, z: float, default: Candidate) -> dict[str, Any]:
+        """Load the chosen weights into net and say what was chosen.
+
+        Every candidate's row gets its paired gain over the default and that gain's SE; the
+        default stays unless some candidate's gain - z * SE is positive (the largest wins).
         """
-        if not self.candidates:
-            raise ValueError("no checkpoint was kept, nothing to select")
-        if self.average is not None:
-            net.load_state_dict(self.average.module.state_dict())
-            default_state = copy.deepcopy(net.state_dict())
-            default = score(net, val, budgets)
-            default_row = {"phase": f"{phase}-average", **default.row}
-        else:
-            default_row, policies, default_state = self.candidates[-1]
-            default = Scored(default_row, policies)
-        best: tuple[float, dict[str, Any], dict[str, Tensor]] = (0.0, default_row, default_state)
-        for row, policies, state in self.candidates:
-            gain, se = paired_grid_gain(policies, default.policies, val)
-            row |= {"val_gain": gain, "val_gain_se": se}
+        best: tuple[float, Candidate] = (0.0, default)
+        for candidate in self.candidates:
+            gain, se = paired_grid_gain(candidate.scored.policies, default.scored.policies, val)
+            candidate.scored.row.update({"val_gain": gain, "val_gain_se": se})
             if gain - z * se > best[0]:
-                best = (gain - z * se, row, state)
-        lcb, chosen, state = best
-        net.load_state_dict(state)
-        averaged = chosen is default_row and self.average is not None
-        info = {
+                best = (gain - z * se, candidate)
+        lcb, chosen = best
+        net.load_state_dict(chosen.state)
+        row = chosen.scored.row
+        return {
             "selected_by": "paired_gain_lcb",
-            "selected": "average" if averaged else "checkpoint",
-            "selected_phase": chosen["phase"],
+            "default_phase": default.scored.row["phase"],
+            "selected_phase": row["phase"],
             "selection_score": float(lcb),
-            "eom_mean_revenue": float(chosen["val_revenue"]),
-            "eom_area": float(chosen["val_area"]),
-            "averaged_epochs": self.n_averaged,
+            "eom_mean_revenue": float(row["val_revenue"]),
+            "eom_area": float(row["val_area"]),
         }
-        return default_row, info

@@ -10,6 +10,7 @@ grid on a held-out RCT split; training/selection.py says why).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,7 +28,7 @@ from training import losses
 from training.config import DFCL, TWO_STAGE, TrainConfig
 from training.data import Table, encode_table
 from training.nets import OutcomeNet
-from training.selection import Checkpoints, Scored, averaged_epochs, score
+from training.selection import Candidate, Checkpoints, Scored, averaged_epochs, score
 from training.splits import Split, budget_grid, budget_range, lam_at_budget
 
 
@@ -127,34 +128,56 @@ class Trainer:
 
     def epoch_end(
         self, net: OutcomeNet, phase: str, logs: dict[str, float],
-        checkpoints: Checkpoints | None, epoch: int, epochs: int,
+        checkpoints: Checkpoints | None, epoch: int, epochs: int, keep: bool = True,
     ) -> float:  # fmt: skip
-        """Evaluate after an epoch, keep it as a candidate (final epochs also go into the
-        average); returns the validation mean revenue for the progress bar."""
+        """Evaluate after an epoch; keep it as a candidate and fold the phase's final epochs
+        into its average; returns the validation mean revenue for the progress bar."""
         scored = self.evaluate(net, phase, logs)
         if checkpoints is not None:
             first_averaged = epochs - averaged_epochs(epochs, self.cfg.average_fraction)
-            checkpoints.add(net, scored, average=epoch >= first_averaged)
+            checkpoints.add(net, scored, keep, average=epoch >= first_averaged)
         return float(scored.row["val_revenue"])
 
-    def keep(self, net: OutcomeNet, checkpoints: Checkpoints, phase: str) -> None:
-        """Make net as it is now (e.g. a warm start's end) a candidate, outside any average."""
-        checkpoints.add(net, self.evaluate(net, phase, {}), average=False)
+    def close_phase(self, net: OutcomeNet, checkpoints: Checkpoints, phase: str) -> Candidate:
+        """The phase's model as a candidate: its weight average, or net as it is when nothing
+        was averaged (average_fraction = 0). Its validation row goes into the history."""
+        candidate = checkpoints.close_average(self.val, self.val_budgets, phase)
+        if candidate is None:
+            scored = self.evaluate(net, f"{phase}-end", {})
+            candidate = Candidate(scored, copy.deepcopy(net.state_dict()))
+            checkpoints.candidates.append(candidate)
+        else:
+            self.history.append(candidate.scored.row)
+        return candidate
 
-    def select(self, net: OutcomeNet, checkpoints: Checkpoints, phase: str) -> dict[str, Any]:
+    def warm_start(
+        self, net: OutcomeNet, data: Split, weighted: bool, checkpoints: Checkpoints
+    ) -> Candidate:
+        """Prediction-loss warm start (§4.5, §8.11); net continues from its weight average.
+
+        Its epochs are not candidates (only the average is), so the decision-focused phase
+        competes with one well-trained prediction model rather than with every early epoch.
+        """
+        epochs = self.cfg.warm_start_epochs
+        self.prediction_epochs(net, data, epochs, weighted, "warm-start", checkpoints, False)
+        warm = self.close_phase(net, checkpoints, "warm-start")
+        net.load_state_dict(warm.state)
+        return warm
+
+    def select(
+        self, net: OutcomeNet, checkpoints: Checkpoints, default: Candidate
+    ) -> dict[str, Any]:
         """Load the selected weights (training/selection.py) into net; returns what was chosen."""
-        default_row, info = checkpoints.select(
-            net, self.val, self.val_budgets, self.cfg.select_z, phase
-        )
-        if default_row["phase"].endswith("-average"):
-            self.history.append(default_row)
-        return info
+        return checkpoints.select(net, self.val, self.cfg.select_z, default)
 
     def prediction_epochs(
         self, net: OutcomeNet, data: Split, epochs: int, weighted: bool, phase: str,
-        checkpoints: Checkpoints | None = None,
+        checkpoints: Checkpoints | None = None, keep: bool = True,
     ) -> None:  # fmt: skip
-        """Factual prediction loss; weighted=True is the arm-balanced RCT loss (§2)."""
+        """Factual prediction loss; weighted=True is the arm-balanced RCT loss (§2).
+
+        With checkpoints, every epoch is a candidate (keep) and the final ones are averaged.
+        """
         opt = self.optimizer(net, self.cfg.lr)
         weight = losses.frequency_weights(data.treatment, self.k) if weighted else None
         bar = tqdm(range(epochs), desc=phase, disable=not self.cfg.extra.get("progress", True))
@@ -172,7 +195,7 @@ class Trainer:
                 opt.step()
                 total, count = total + loss.item(), count + 1
             logs = {"pred_loss": total / count}
-            val = self.epoch_end(net, phase, logs, checkpoints, epoch, epochs)
+            val = self.epoch_end(net, phase, logs, checkpoints, epoch, epochs, keep)
             bar.set_postfix(pred=f"{total / count:.4f}", val_rev=f"{val:.4f}")
 
     def decision_loss(
@@ -188,7 +211,10 @@ class Trainer:
         cfg, args = self.cfg, (data.treatment[idx], data.revenue[idx], data.cost[idx])
         p = data.propensity[idx]
         if cfg.method == "dfcl-ifd":
-            dl = losses.ifd_loss(rev_hat, cost_hat, *args, p, lambdas, cfg.ifd_h, cfg.ifd_cost_grad)
+            tau = cfg.pl_tau if cfg.ifd_surrogate == "softmax" else None
+            dl = losses.ifd_loss(
+                rev_hat, cost_hat, *args, p, lambdas, cfg.ifd_h, cfg.ifd_cost_grad, tau
+            )
         else:
             tau = cfg.pl_tau if cfg.method == "dfcl-pl" else cfg.mer_tau
             dl = losses.mer_loss(rev_hat, cost_hat, *args, p, lambdas, tau)
@@ -297,16 +323,19 @@ def train(cfg: TrainConfig, rct: Table, obs: Table | None) -> TrainResult:
         data = data if data is not None else tr.concat(obs_split)  # type: ignore[arg-type]
         net = run.outcome_net(data, 0)
         run.prediction_epochs(net, data, total, method == "tsm-rct", method, checkpoints)
-    elif method in DFCL:
-        net = run.outcome_net(tr, 0)
-        run.prediction_epochs(net, tr, cfg.warm_start_epochs, True, "warm-start")
-        run.keep(net, checkpoints, "warm-start-end")
-        run.dfcl_epochs(net, checkpoints)
+        default = run.close_phase(net, checkpoints, method)
     else:
-        from training.bidfcl import train_bidfcl
+        if method in DFCL:
+            net = run.outcome_net(tr, 0)
+            warm = run.warm_start(net, tr, True, checkpoints)
+            run.dfcl_epochs(net, checkpoints)
+        else:
+            from training.bidfcl import train_bidfcl
 
-        net = train_bidfcl(run, checkpoints)
-    selection = run.select(net, checkpoints, method)
+            net, warm = train_bidfcl(run, checkpoints)
+        final = run.close_phase(net, checkpoints, method)
+        default = warm if cfg.keep_warm_start else final
+    selection = run.select(net, checkpoints, default)
     meta = {
         "method": method,
         "feature_spec": spec.to_json(),

@@ -180,3 +180,17 @@ def test_poisson_deviance_is_zero_only_at_the_label_and_minimised_by_the_mean():
 def test_outcome_error_rejects_an_unknown_kind():
     with pytest.raises(ValueError, match="'mse' or 'poisson'"):
         losses.outcome_error(torch.ones(3), torch.ones(3), kind="huber")  # type: ignore[arg-type]
+
+
+def test_smoothed_ifd_surrogate_is_bounded_however_large_the_predictions():
+    """softmax(a / tau) lies in [0, 1], so |L| <= sum |g| whatever r_hat is; the notebook's
+    linear surrogate has no such bound (with the Poisson deviance beside it, training diverged:
+    arm-0 revenue 4e5, every other output 0)."""
+    t, r, c, p, rev_hat, cost_hat = _tiny(200, 3, seed=4)
+    for blow_up in (1.0, 1e3, 1e6):
+        big = rev_hat * blow_up
+        width = 0.3 * float((big - 0.5 * cost_hat).std())
+        g_r, _ = losses.ifd_gradients(big, cost_hat, t, r, c, p, 0.5, h=width)
+        assert g_r.abs().sum() > 0
+        smooth = losses.ifd_loss(big, cost_hat, t, r, c, p, [0.5], h=0.3, tau=1.0)
+        assert abs(float(smooth)) <= float(g_r.abs().sum()) + 1e-12

@@ -12,7 +12,7 @@ import torch
 
 from training.data import load_table
 from training.nets import OutcomeNet
-from training.selection import Checkpoints, Scored, averaged_epochs
+from training.selection import Candidate, Checkpoints, Scored, averaged_epochs
 from training.splits import Split
 from training.train import resolve_outcome_loss
 
@@ -42,48 +42,51 @@ def test_averaged_epochs_is_the_ceiling_share_and_zero_when_off():
     assert averaged_epochs(5, 1.0) == 5
 
 
-def test_average_holds_the_mean_of_the_averaged_weights_only():
+def _scored(phase: str, policies: np.ndarray) -> Scored:
+    return Scored({"phase": phase, "val_revenue": 0.0, "val_area": 0.0}, policies)
+
+
+def test_the_phase_average_is_the_mean_of_the_averaged_weights_only():
     ck = Checkpoints()
-    dummy = Scored({"phase": "p", "val_revenue": 0.0, "val_area": 0.0}, np.zeros((1, 4), int))
+    policies = np.zeros((1, 400), np.int64)
     for fill, averaged in ((9.0, False), (1.0, True), (2.0, True), (6.0, True)):
-        ck.add(_net(fill), Scored(dict(dummy.row), dummy.policies), average=averaged)
-    assert ck.n_averaged == 3 and len(ck.candidates) == 4
-    assert ck.average is not None
-    for p in ck.average.module.parameters():
-        torch.testing.assert_close(p, torch.full_like(p, 3.0))
+        ck.add(_net(fill), _scored("p", policies), keep=not averaged, average=averaged)
+    assert ck.n_averaged == 3 and len(ck.candidates) == 1
+    average = ck.close_average(_val(), np.array([1.0]), "p")
+    assert average is not None and ck.candidates[-1] is average
+    assert average.scored.row["phase"] == "p-average"
+    assert average.scored.row["averaged_epochs"] == 3
+    for name, value in average.state.items():
+        if name.startswith("body.mlp"):  # parameters; buffers are copied, not averaged
+            torch.testing.assert_close(value, torch.full_like(value, 3.0))
+    assert ck.average is None and ck.close_average(_val(), np.array([1.0]), "q") is None
 
 
 @pytest.mark.parametrize("z", [0.0, 1.0, 50.0])
-def test_a_checkpoint_replaces_the_default_only_when_its_paired_gain_clears_z(z):
-    """No average: the default is the last candidate (treat nobody); the other candidate treats
-    the odd rows that earn 10, a large and sure gain, so it wins unless z is absurd."""
+def test_a_candidate_replaces_the_default_only_when_its_paired_gain_clears_z(z):
+    """The default treats nobody; the other candidate treats the odd rows that earn 10, a
+    large and sure gain, so it wins unless z is absurd."""
     val = _val()
     n = len(val)
     odd = ((np.arange(n) // 2) % 2 == 1).astype(np.int64)
-    ck = Checkpoints()
-    ck.add(_net(1.0), Scored({"phase": "good", "val_revenue": 5.0, "val_area": 1.0},
-                             odd[None, :]), average=False)  # fmt: skip
-    ck.add(_net(2.0), Scored({"phase": "last", "val_revenue": 0.0, "val_area": 0.0},
-                             np.zeros((1, n), np.int64)), average=False)  # fmt: skip
+    good = Candidate(_scored("good", odd[None, :]), _net(1.0).state_dict())
+    default = Candidate(_scored("default", np.zeros((1, n), np.int64)), _net(2.0).state_dict())
+    ck = Checkpoints(candidates=[good, default])
     net = _net(0.0)
-    _, info = ck.select(net, val, np.array([1.0]), z, "m")
-    good_row = ck.candidates[0][0]
-    assert good_row["val_gain"] == pytest.approx(5.0)  # HT: half the rows, 10 / p / N ... = 5
-    lcb = good_row["val_gain"] - z * good_row["val_gain_se"]
+    info = ck.select(net, val, z, default)
+    row = good.scored.row
+    assert row["val_gain"] == pytest.approx(5.0)  # HT: a quarter of the rows earn 10 / p = 20
+    assert default.scored.row["val_gain"] == 0.0 and default.scored.row["val_gain_se"] == 0.0
+    lcb = row["val_gain"] - z * row["val_gain_se"]
+    assert info["default_phase"] == "default"
     if lcb > 0:
         assert info["selected_phase"] == "good" and info["selection_score"] == pytest.approx(lcb)
         expected = 1.0
     else:
-        assert info["selected_phase"] == "last" and info["selection_score"] == 0.0
+        assert info["selected_phase"] == "default" and info["selection_score"] == 0.0
         expected = 2.0
-    assert info["selected"] == "checkpoint"  # nothing was averaged
     assert all(float(p.detach().flatten()[0]) == expected for p in net.parameters())
     assert (z == 50.0) == (lcb <= 0)
-
-
-def test_select_without_candidates_is_an_error():
-    with pytest.raises(ValueError, match="no checkpoint"):
-        Checkpoints().select(_net(0.0), _val(), np.array([1.0]), 2.0, "m")
 
 
 def _table(tmp_path: Path, name: str, revenue: list[float]):

@@ -30,36 +30,40 @@ def _factual_loss(net, data, kind) -> float:
     return float(losses.prediction_loss(rev_hat, cost_hat, *args))
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_every_method_trains_and_selects_by_paired_gain(method, tiny_tables, tiny_config):
-    """The weight average of the final epochs is kept unless a checkpoint's paired validation
-    gain over it clears select_z standard errors; the returned net holds the chosen weights."""
+CASES = [(m, True) for m in METHODS] + [("dfcl-pl", False), ("bi-dfcl", False)]
+
+
+@pytest.mark.parametrize(("method", "keep_warm_start"), CASES)
+def test_every_method_trains_and_selects_by_paired_gain(
+    method, keep_warm_start, tiny_tables, tiny_config
+):
+    """The default model (the warm start's weight average for DFCL and Bi-DFCL unless
+    keep_warm_start is off, else the main phase's) is kept unless another candidate's paired
+    validation gain over it clears select_z SEs; the returned net holds the chosen weights."""
     rct, obs = tiny_tables
-    cfg = tiny_config(method, lr=3e-3, select_z=0.5)  # low z: a checkpoint may well win
+    cfg = tiny_config(method, lr=3e-3, select_z=0.5, keep_warm_start=keep_warm_start)
     result = train(cfg, rct, obs)
+    two_stage = method.startswith("tsm")
     main = [h for h in result.history if h["phase"] == method]
-    assert len(main) == 3 + (1 if method.startswith("tsm") else 0)
-    averaged = [h for h in result.history if h["phase"] == f"{method}-average"]
-    assert len(averaged) == 1
-    starts = {"tsm-rct": [], "tsm-obs": [], "tsm-pooled": []}.get(method, ["warm-start-end"])
-    candidates = [h for h in result.history if h["phase"] in (method, *starts)]
-    assert len(candidates) == len(main) + len(starts)
-    lcb = [h["val_gain"] - cfg.select_z * h["val_gain_se"] for h in candidates]
+    assert len(main) == 3 + (1 if two_stage else 0)
+    average = [h for h in result.history if h["phase"] == f"{method}-average"]
+    warm = [h for h in result.history if h["phase"] == "warm-start-average"]
+    assert len(average) == 1 and average[0]["averaged_epochs"] == 1  # ceil(0.25 * 3 or 4)
+    assert len(warm) == (0 if two_stage else 1)
+    candidates = main + average + warm
+    default = warm[0] if warm and keep_warm_start else average[0]
     val = result.meta["validation"]
     assert val["selected_by"] == "paired_gain_lcb"
-    assert val["averaged_epochs"] == 1  # ceil(0.25 * 3 or 4 epochs)
-    if max(lcb) > 0:
-        best = candidates[int(np.argmax(lcb))]
-        assert val["selected"] == "checkpoint" and val["selected_phase"] == best["phase"]
-        assert val["selection_score"] == pytest.approx(max(lcb))
-    else:
-        best = averaged[0]
-        assert val["selected"] == "average" and val["selection_score"] == 0.0
+    assert val["default_phase"] == default["phase"]
+    assert default["val_gain"] == 0.0 and default["val_gain_se"] == 0.0
+    lcb = [h["val_gain"] - cfg.select_z * h["val_gain_se"] for h in candidates]
+    best = candidates[int(np.argmax(lcb))] if max(lcb) > 0 else default
+    assert val["selected_phase"] == best["phase"]
+    assert val["selection_score"] == pytest.approx(max(max(lcb), 0.0))
     assert val["eom_mean_revenue"] == pytest.approx(best["val_revenue"])
     assert val["eom_area"] == pytest.approx(best["val_area"])
-    assert np.isfinite(val["eom_area"])
     # the returned network is the selected model: its validation revenue is the recorded one
-    _, tr, val_split, _ = prepare(result.config, rct, obs)
+    _, _, val_split, _ = prepare(result.config, rct, obs)
     rescored = score(result.net, val_split, np.asarray(val["budgets"]))
     assert rescored.row["val_revenue"] == pytest.approx(val["eom_mean_revenue"], rel=1e-6)
     assert result.config.outcome_loss == "poisson"  # simulator labels are all >= 0
@@ -215,6 +219,37 @@ def test_bad_inputs_are_named(tiny_tables, tiny_config):
         TrainConfig.from_json({"epochs": 2, "epoch": 3})
     with pytest.raises(ValueError, match="upper_loss"):
         TrainConfig(upper_loss="nope")
+    with pytest.raises(ValueError, match="outcome_loss must be one of"):
+        TrainConfig(outcome_loss="huber")
+    with pytest.raises(ValueError, match="average_fraction"):
+        TrainConfig(average_fraction=1.5)
+    with pytest.raises(ValueError, match="upper_fold"):
+        TrainConfig(upper_fold=1.0)
+    with pytest.raises(ValueError, match="keep_warm_start needs warm_start_epochs"):
+        TrainConfig(method="bi-dfcl", warm_start_epochs=0)
+    TrainConfig(method="tsm-pooled", warm_start_epochs=0)  # two-stage has no warm start
+    TrainConfig(method="bi-dfcl", warm_start_epochs=0, keep_warm_start=False)
+
+
+def test_cross_fitting_keeps_the_upper_fold_away_from_the_teacher(tiny_tables, tiny_config):
+    """upper_fold splits the RCT training rows into disjoint teacher and upper-level folds."""
+    from training.bidfcl import _folds
+
+    rct, obs = tiny_tables
+    cfg = tiny_config("bi-dfcl", upper_fold=0.4, outcome_loss="poisson")
+    _, tr, val, obs_split = prepare(cfg, rct, obs)
+    teacher_rows, upper_rows = _folds(Trainer(cfg, tr, val, obs_split))
+    assert len(upper_rows) == round(0.4 * len(tr)) and len(teacher_rows) + len(upper_rows) == len(
+        tr
+    )
+    rows = {
+        tuple(r) for r in torch.cat([teacher_rows.x, teacher_rows.revenue[:, None]], 1).tolist()
+    }
+    overlap = [r for r in torch.cat([upper_rows.x, upper_rows.revenue[:, None]], 1).tolist()
+               if tuple(r) in rows]  # fmt: skip
+    assert not overlap
+    same = _folds(Trainer(cfg.replace(upper_fold=0.0), tr, val, obs_split))
+    assert same[0] is tr and same[1] is tr  # the papers' setting: every level sees every row
 
 
 def test_cli_trains_exports_and_onnxruntime_loads(tiny_dir, tmp_path, tiny_config):
