@@ -81,7 +81,7 @@ class BiLevel:
             rev_hat, cost_hat = self.predict(theta, x)
             return losses.lower_level_loss(
                 rev_hat, cost_hat, logged_arm, r, c, rev_cf, cost_cf,
-                net.revenue_scale, net.cost_scale, self.cfg.outcome_loss,  # type: ignore[arg-type]
+                net.revenue_scale, net.cost_scale, self.cfg.outcome_loss,
             )  # fmt: skip
 
         return loss
@@ -216,8 +216,7 @@ def train_bidfcl(run: Trainer, checkpoints: Checkpoints) -> tuple[OutcomeNet, Ca
         torch.manual_seed(cfg.seed + 2)
         bridge = BridgeNet(obs.x.shape[1], run.k, tuple(cfg.hidden))
     bridge.fit_scales(obs.x)
-    with torch.no_grad():  # start every gate at gate_init (0.5 = equal teacher/target mix)
-        bridge.body.mlp[-1].bias.fill_(float(np.log(cfg.gate_init / (1 - cfg.gate_init))))
+    bridge.set_gate(cfg.gate_init)  # initial teacher share of every pseudo-label
     dual = run.dual_lambdas(net) if cfg.upper_loss in ("dpl", "difd") else []
     bi = BiLevel(cfg, net, bridge, teacher, obs, dual)
     opt = run.optimizer(net, cfg.lr)

@@ -67,7 +67,7 @@ def onnx_bytes(net: OutcomeNet) -> bytes:
         torch.onnx.export(
             _Exported(net),
             (example,),
-            buf,
+            buf,  # type: ignore[arg-type]  # stubs say path; a file-like object works (docs)
             input_names=["features"],
             output_names=["revenue", "cost"],
             dynamic_axes={"features": {0: "batch"}, "revenue": {0: "batch"}, "cost": {0: "batch"}},

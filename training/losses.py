@@ -4,23 +4,21 @@ Shapes: predictions rev_hat, cost_hat (B, K); logged treatment (B,) int64; factu
 cost, propensity (B,). Temperatures and clip widths are given in units of the batch std of the
 dual score a = r_hat - lam * c_hat (detached), so defaults do not depend on the currency (§8.14).
 
-Outcome errors come in two kinds (`OutcomeLoss`): squared error, the papers' choice, and the
-Poisson deviance, whose gradient (mu - y) / mu weights each customer by the inverse of the
-variance of spend-like labels (variance grows with the mean), so on heavy-tailed revenue the
-few big spenders no longer dominate the fit.
+Outcome errors come in two kinds (`kind`): "mse", the papers' choice, and "poisson", the
+deviance, whose gradient (mu - y) / mu weights each customer by the inverse of the variance of
+spend-like labels (variance grows with the mean), so on heavy-tailed revenue the few big
+spenders no longer dominate the fit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
 EPS = 1e-6
-OutcomeLoss = Literal["mse", "poisson"]
 _MEAN_FLOOR = 1e-6  # Poisson deviance needs a positive mean; in units of the label scale
 
 
@@ -42,7 +40,7 @@ def frequency_weights(treatment: Tensor, n_treatments: int) -> Tensor:
 
 
 def outcome_error(
-    pred: Tensor, label: Tensor, scale: float | Tensor = 1.0, kind: OutcomeLoss = "mse"
+    pred: Tensor, label: Tensor, scale: float | Tensor = 1.0, kind: str = "mse"
 ) -> Tensor:
     """Elementwise error of predictions against labels (same shape), both divided by `scale`.
 
@@ -67,7 +65,7 @@ def prediction_loss(
     weight: Tensor | None = None,
     revenue_scale: float | Tensor = 1.0,
     cost_scale: float | Tensor = 1.0,
-    kind: OutcomeLoss = "mse",
+    kind: str = "mse",
 ) -> Tensor:
     """Factual outcome error (§2); weight=frequency_weights gives the RCT-unbiased L_PL.
 
@@ -88,7 +86,7 @@ def lower_level_loss(
     cost_cf: Tensor,
     revenue_scale: float | Tensor = 1.0,
     cost_scale: float | Tensor = 1.0,
-    kind: OutcomeLoss = "mse",
+    kind: str = "mse",
 ) -> Tensor:
     """Bi-DFCL L_low (§5.2): factual labels on the logged arm, pseudo-labels (B, K) elsewhere.
 

@@ -6,12 +6,17 @@ ONNX graph takes the encoded, unnormalised features the service produces.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
 
 class _Body(nn.Module):
     """Normalise then MLP: (B, F) -> (B, 2K) raw head values."""
+
+    feature_mean: Tensor  # buffers, annotated so type checkers do not see nn.Module attributes
+    feature_std: Tensor
 
     def __init__(self, n_features: int, n_outputs: int, hidden: tuple[int, ...]) -> None:
         super().__init__()
@@ -41,6 +46,9 @@ class OutcomeNet(nn.Module):
     Outputs are softplus (non-negative, §8.18) times a per-output scale fitted on the labels,
     so the last layer works on unit-scale numbers whatever the currency.
     """
+
+    revenue_scale: Tensor  # buffers
+    cost_scale: Tensor
 
     def __init__(self, n_features: int, n_treatments: int, hidden: tuple[int, ...]) -> None:
         super().__init__()
@@ -74,6 +82,13 @@ class BridgeNet(nn.Module):
     def fit_scales(self, features: Tensor) -> None:
         """Fit feature normalisation on training features (B, F)."""
         self.body.fit_normalisation(features)
+
+    def set_gate(self, gate: float) -> None:
+        """Start every gate near `gate` in (0, 1) (the output bias is its logit)."""
+        last = self.body.mlp[-1]
+        assert isinstance(last, nn.Linear)
+        with torch.no_grad():
+            last.bias.fill_(math.log(gate / (1.0 - gate)))
 
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
         """(B, F) -> revenue gate (B, K), cost gate (B, K)."""

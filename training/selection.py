@@ -78,7 +78,7 @@ class Checkpoints:
         """Turn the phase's weight average into a candidate (row phase '<phase>-average')."""
         if self.average is None:
             return None
-        net = self.average.module
+        net: OutcomeNet = self.average.module  # type: ignore[assignment]  # the averaged copy
         scored = score(net, val, budgets)
         scored.row.update({"phase": f"{phase}-average", "averaged_epochs": self.n_averaged})
         candidate = Candidate(scored, copy.deepcopy(net.state_dict()))

@@ -189,7 +189,7 @@ class Trainer:
                     rev_hat, cost_hat, data.treatment[idx], data.revenue[idx], data.cost[idx],
                     None if weight is None else weight[idx], net.revenue_scale, net.cost_scale,
                     self.cfg.outcome_loss,
-                )  # type: ignore[arg-type]  # fmt: skip
+                )  # fmt: skip
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -247,7 +247,7 @@ class Trainer:
                 pl = losses.prediction_loss(
                     rev_hat, cost_hat, data.treatment[idx], data.revenue[idx], data.cost[idx],
                     weight[idx], net.revenue_scale, net.cost_scale, cfg.outcome_loss,
-                )  # type: ignore[arg-type]  # fmt: skip
+                )  # fmt: skip
                 opt.zero_grad()
                 (dl + cfg.alpha * pl).backward()
                 opt.step()
