@@ -499,7 +499,9 @@ def loop_demo(
     customers: Annotated[int, typer.Option(min=10, help="Customers per day.")] = 4_000,
     exploration_rate: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.2,
     budget: Annotated[float, typer.Option(min=0.0, help="Budget per customer.")] = 1.0,
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs (both models).")] = 10,
+    epochs: Annotated[
+        int, typer.Option(min=1, help="Epochs of every training phase (both models).")
+    ] = 10,
     seed: Annotated[int, typer.Option(help="Seed for simulation and training.")] = 0,
 ) -> None:
     """Closed loop on the simulator: serve, explore, log outcomes, retrain, compare true revenue."""
@@ -507,7 +509,8 @@ def loop_demo(
 
     cfg = LoopConfig(
         days=days, customers_per_day=customers, exploration_rate=exploration_rate, budget=budget,
-        train={"epochs": epochs, "teacher_epochs": epochs}, seed=seed,
+        train={"prediction_epochs": epochs, "epochs": epochs, "teacher_epochs": epochs},
+        seed=seed,
     )  # fmt: skip
     try:
         run(workdir, cfg, typer.echo)

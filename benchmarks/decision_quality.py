@@ -115,7 +115,7 @@ def _config(args: argparse.Namespace, label: str, seed: int, n_obs: int) -> Trai
     method, changes = VARIANTS.get(label, (label, {}))
     base = {**changes, **base}
     if args.quick:
-        base = {"epochs": 3, "warm_start_epochs": 2, "teacher_epochs": 3, "hidden": (16, 8),
+        base = {"epochs": 3, "prediction_epochs": 3, "teacher_epochs": 3, "hidden": (16, 8),
                 "rct_upper_batch": 512, "n_cg": 5, **base}  # fmt: skip
     batch = int(base.get("batch_size", TrainConfig().batch_size))
     base.setdefault("steps_per_epoch", max(1, math.ceil(n_obs / batch)))

@@ -158,7 +158,7 @@ class Trainer:
         Its epochs are not candidates (only the average is), so the decision-focused phase
         competes with one well-trained prediction model rather than with every early epoch.
         """
-        epochs = self.cfg.warm_start_epochs
+        epochs = self.cfg.prediction_epochs
         self.prediction_epochs(net, data, epochs, weighted, "warm-start", checkpoints, False)
         warm = self.close_phase(net, checkpoints, "warm-start")
         net.load_state_dict(warm.state)
@@ -316,13 +316,14 @@ def train(cfg: TrainConfig, rct: Table, obs: Table | None) -> TrainResult:
     cfg = resolve_outcome_loss(cfg, [rct] + ([obs] if obs is not None else []))
     spec, tr, val, obs_split = prepare(cfg, rct, obs)
     run = Trainer(cfg, tr, val, obs_split)
-    method, total = cfg.method, cfg.warm_start_epochs + cfg.epochs
+    method = cfg.method
     checkpoints = Checkpoints()
     if method in TWO_STAGE:
         data = {"tsm-rct": tr, "tsm-obs": obs_split, "tsm-pooled": None}[method]
         data = data if data is not None else tr.concat(obs_split)  # type: ignore[arg-type]
         net = run.outcome_net(data, 0)
-        run.prediction_epochs(net, data, total, method == "tsm-rct", method, checkpoints)
+        epochs = cfg.prediction_epochs
+        run.prediction_epochs(net, data, epochs, method == "tsm-rct", method, checkpoints)
         default = run.close_phase(net, checkpoints, method)
     else:
         if method in DFCL:

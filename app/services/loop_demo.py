@@ -42,7 +42,9 @@ class LoopConfig:
     exploration_rate: float = 0.2
     budget: float = 1.0  # per customer, for allocations and the headline comparison
     method: str = "bi-dfcl"
-    train: dict[str, Any] = field(default_factory=lambda: {"epochs": 10, "teacher_epochs": 10})
+    train: dict[str, Any] = field(
+        default_factory=lambda: {"prediction_epochs": 10, "epochs": 10, "teacher_epochs": 10}
+    )
     seed: int = 0
 
 

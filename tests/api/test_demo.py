@@ -15,7 +15,7 @@ from app.main import create_app
 
 TINY_TRAINING = {
     "epochs": 2,
-    "warm_start_epochs": 1,
+    "prediction_epochs": 2,
     "teacher_epochs": 1,
     "steps_per_epoch": 8,
     "batch_size": 128,

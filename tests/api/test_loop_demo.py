@@ -14,7 +14,7 @@ from app.services.loop_demo import LoopConfig, run
 def test_loop_demo_runs_end_to_end(tmp_path: Path) -> None:
     cfg = LoopConfig(
         n_rct=300, n_obs=600, n_test=500, days=2, customers_per_day=300,
-        exploration_rate=0.3, train={"epochs": 1, "teacher_epochs": 1, "warm_start_epochs": 1},
+        exploration_rate=0.3, train={"epochs": 1, "teacher_epochs": 1, "prediction_epochs": 1},
     )  # fmt: skip
     lines: list[str] = []
     result = run(tmp_path, cfg, lines.append)

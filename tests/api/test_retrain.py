@@ -23,7 +23,7 @@ from app.services.retrain_job import compare
 from app.tables import RetrainJob
 
 TINY_TRAINING = {
-    "epochs": 2, "warm_start_epochs": 1, "teacher_epochs": 1, "hidden": [8], "batch_size": 64,
+    "epochs": 2, "prediction_epochs": 2, "teacher_epochs": 1, "hidden": [8], "batch_size": 64,
     "n_cg": 2, "assumed_steps": 1, "upper_every": 2,
 }  # fmt: skip
 

@@ -11,7 +11,7 @@ from training.data import Table, load_table
 from training.data.simulator import simulate
 
 TINY = {
-    "epochs": 3, "warm_start_epochs": 1, "teacher_epochs": 2, "steps_per_epoch": 12,
+    "epochs": 3, "prediction_epochs": 3, "teacher_epochs": 2, "steps_per_epoch": 12,
     "batch_size": 128, "hidden": (16, 8), "rct_upper_batch": 256, "n_cg": 5,
     "extra": {"progress": False},
 }  # fmt: skip

@@ -13,7 +13,7 @@ from app.cli import app
 from training.cli_support import model_predictions
 from training.data import load_dataset
 
-SMALL = {"epochs": 2, "warm_start_epochs": 1, "steps_per_epoch": 8, "batch_size": 128,
+SMALL = {"epochs": 2, "prediction_epochs": 2, "steps_per_epoch": 8, "batch_size": 128,
          "hidden": [16, 8]}  # fmt: skip
 
 
