@@ -216,9 +216,13 @@ def train_command(
     except (ValueError, ExportError) as exc:
         fail(str(exc))
         return
+    val = desc["validation"]
     typer.echo(
         f"model {desc['version']} ({desc['method']}) written to {out}: validation EOM area "
-        f"{desc['validation']['eom_area']:.4f}, trained in {desc['training_seconds']:.1f} s"
+        f"{val['eom_area']:.4f}, trained in {desc['training_seconds']:.1f} s\n"
+        f"selected {val['selected_phase']} (default {val['default_phase']}; another candidate "
+        f"replaces the default only if its paired validation gain exceeds "
+        f"{desc['config']['select_z']:g} SE)"
     )
 
 

@@ -139,7 +139,11 @@ def run(
     say(f"2/3 training {method} (this is the slow step)")
     card = train_model(data, workdir / "runs", method, {**config, "seed": seed}, say)
     model_dir = workdir / "runs" / card["method"]
-    say(f"    trained {card['method']}: validation EOM area {card['validation']['eom_area']:.4f}")
+    val = card["validation"]
+    say(
+        f"    trained {card['method']}: validation EOM area {val['eom_area']:.4f}, "
+        f"selected {val['selected_phase']} (default {val['default_phase']})"
+    )
     version = register_and_activate(settings, model_dir)
     say(f"3/3 registered and activated {version} in {settings.models_dir}")
     api_key = create_key(settings)

@@ -264,6 +264,8 @@ def test_cli_trains_exports_and_onnxruntime_loads(tiny_dir, tmp_path, tiny_confi
     assert result.exit_code == 0, result.output
     desc = json.loads((out / "model.json").read_text())
     assert desc["method"] == "bi-dfcl" and desc["config"]["seed"] == 4
+    selected = desc["validation"]["selected_phase"]
+    assert f"selected {selected} (default warm-start-average;" in result.output
     assert desc["treatments"][0] == "control" and len(desc["treatments"]) == 3
     assert json.loads((out / "config.json").read_text())["seed"] == 4
     session = ort.InferenceSession(str(out / "model.onnx"))
