@@ -60,31 +60,48 @@ class BiLevel:
 
     def lower(self, idx: Tensor) -> bilevel.LowerLoss:
         """L_low(theta, phi) on OBS rows idx; the target part of the labels is a snapshot (§8.2)."""
-        obs, net = self.obs, self.net
-        x, t, r, c = obs.x[idx], obs.treatment[idx], obs.revenue[idx], obs.cost[idx]
-        t_rev, t_cost = self.teacher_rev[idx], self.teacher_cost[idx]
+        x = self.obs.x[idx]
         with torch.no_grad():
-            snap_rev, snap_cost = net(x)
-
-        if self.cfg.bridge_factual:  # the gate may also pull the logged arm toward the teacher
-            logged = torch.nn.functional.one_hot(t, snap_rev.shape[1]).bool()
-            snap_rev = torch.where(logged, r[:, None], snap_rev)
-            snap_cost = torch.where(logged, c[:, None], snap_cost)
-
-        logged_arm = None if self.cfg.bridge_factual else t  # None: every label is the mix
+            snap_rev, snap_cost = self.net(x)
 
         def loss(theta: Sequence[Tensor], phi: Sequence[Tensor]) -> Tensor:
             params = dict(zip(self.phi_names, phi, strict=True))
-            w_rev, w_cost = functional_call(self.bridge, params, (x,))
-            rev_cf = w_rev * t_rev + (1 - w_rev) * snap_rev
-            cost_cf = w_cost * t_cost + (1 - w_cost) * snap_cost
-            rev_hat, cost_hat = self.predict(theta, x)
-            return losses.lower_level_loss(
-                rev_hat, cost_hat, logged_arm, r, c, rev_cf, cost_cf,
-                net.revenue_scale, net.cost_scale, self.cfg.outcome_loss,
-            )  # fmt: skip
+            gates = functional_call(self.bridge, params, (x,))
+            return self._loss(idx, self.predict(theta, x), (snap_rev, snap_cost), gates)
 
         return loss
+
+    def lower_step_loss(self, idx: Tensor) -> Tensor:
+        """L_low at the current target and bridge, differentiable in the target only.
+
+        The same value as lower(idx)(theta, phi.detach()) with one forward instead of two: at
+        the current theta the snapshot is the prediction itself, detached.
+        """
+        x = self.obs.x[idx]
+        rev_hat, cost_hat = self.net(x)
+        with torch.no_grad():
+            gates = self.bridge(x)
+        snapshot = (rev_hat.detach(), cost_hat.detach())
+        return self._loss(idx, (rev_hat, cost_hat), snapshot, gates)
+
+    def _loss(self, idx: Tensor, pred: tuple[Tensor, Tensor], snapshot: tuple[Tensor, Tensor],
+              gates: tuple[Tensor, Tensor]) -> Tensor:  # fmt: skip
+        """Pseudo-labels = gate * teacher + (1 - gate) * snapshot, scored against pred."""
+        obs, cfg = self.obs, self.cfg
+        t, r, c = obs.treatment[idx], obs.revenue[idx], obs.cost[idx]
+        snap_rev, snap_cost = snapshot
+        if cfg.bridge_factual:  # the gate may also pull the logged arm toward the teacher
+            logged = torch.nn.functional.one_hot(t, snap_rev.shape[1]).bool()
+            snap_rev = torch.where(logged, r[:, None], snap_rev)
+            snap_cost = torch.where(logged, c[:, None], snap_cost)
+        w_rev, w_cost = gates
+        rev_cf = w_rev * self.teacher_rev[idx] + (1 - w_rev) * snap_rev
+        cost_cf = w_cost * self.teacher_cost[idx] + (1 - w_cost) * snap_cost
+        logged_arm = None if cfg.bridge_factual else t  # None: every label is the mix
+        return losses.lower_level_loss(
+            *pred, logged_arm, r, c, rev_cf, cost_cf,
+            self.net.revenue_scale, self.net.cost_scale, cfg.outcome_loss,
+        )  # fmt: skip
 
     def upper(self, theta: Sequence[Tensor], batch: Split, lams: Sequence[float]) -> Tensor:
         """Decision loss on an RCT batch, mean over budgets' lambda*, in revenue-scale units."""
@@ -229,7 +246,7 @@ def train_bidfcl(run: Trainer, checkpoints: Checkpoints) -> tuple[OutcomeNet, Ca
             if step % cfg.upper_every == 0:
                 rows = torch.randperm(len(rct), generator=run.gen)[: cfg.rct_upper_batch]
                 infos.append(bi.upper_step(idx, rct.subset(rows), run.budgets))
-            loss = bi.lower(idx)(list(net.parameters()), [p.detach() for p in bridge.parameters()])
+            loss = bi.lower_step_loss(idx)
             opt.zero_grad()
             loss.backward()
             opt.step()

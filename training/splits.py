@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from app.core import metrics
-from app.core.solver import dual_choice
+from app.core.solver import dual_chooser
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,8 @@ def validation_curve(
 def grid_policies(rev_hat: np.ndarray, cost_hat: np.ndarray, lams: np.ndarray) -> np.ndarray:
     """Mode-E policies (B, N) of predictions (N, K) at a curve's multipliers (B,)."""
     rp, cp = rev_hat.astype(np.float64), cost_hat.astype(np.float64)
-    return np.stack([dual_choice(rp, cp, float(lam)) for lam in lams])
+    choose = dual_chooser(rp, cp)
+    return np.stack([choose(float(lam)) for lam in lams])
 
 
 def paired_grid_gain(policies: np.ndarray, anchor: np.ndarray, split: Split) -> tuple[float, float]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.core._types import FloatArray, IntArray
-from app.core.solver import dual_choice
+from app.core.solver import dual_chooser
 
 _COST_EPS = 1e-12  # predicted costs at or below this do not bound lam (ALGORITHMS.md §8.19)
 
@@ -164,21 +164,31 @@ def lam_for_realized_budget(
     """
     t, r, c, p = _logged(treatment, revenue, cost, propensity)
     rp, cp = _predictions(revenue_pred, cost_pred, len(t))
-    return _lam_search(rp, cp, t, c, p, float(budget), tol, max_iter, hi_start)
+    spend = _RealizedCost(rp, cp, t, c, p)
+    return _lam_search(spend, float(budget), tol, max_iter, hi_start)
 
 
-def _realized_cost(rp: FloatArray, cp: FloatArray, t: IntArray, c: FloatArray, p: FloatArray,
-                   lam: float) -> float:  # fmt: skip
-    """EOM per-capita cost of pi_lam."""
-    return float(np.mean((t == dual_choice(rp, cp, lam)) * c / p))
+class _RealizedCost:
+    """EOM per-capita cost of pi_lam as a function of lam (set up once per bisection)."""
+
+    def __init__(self, rp: FloatArray, cp: FloatArray, t: IntArray, c: FloatArray, p: FloatArray):
+        self.choose = dual_chooser(rp, cp)
+        self.t, self.weight = t, c / p
+        self.max_ratio = _max_ratio(rp, cp)
+        self.cost_scale = float(np.mean(np.abs(c)))
+
+    def __call__(self, lam: float) -> float:
+        return float(np.mean((self.t == self.choose(lam)) * self.weight))
+
+
+def _max_ratio(rp: FloatArray, cp: FloatArray) -> float:
+    """Largest predicted revenue/cost over positive costs: above it every policy is cheapest."""
+    positive = cp > _COST_EPS
+    return float((rp[positive] / cp[positive]).max()) if positive.any() else 0.0
 
 
 def _lam_search(
-    rp: FloatArray,
-    cp: FloatArray,
-    t: IntArray,
-    c: FloatArray,
-    p: FloatArray,
+    spend: _RealizedCost,
     budget: float,
     tol: float,
     max_iter: int,
@@ -187,29 +197,23 @@ def _lam_search(
     """Bisection of mode E; hi_start is a known lam of a smaller budget (a warm upper bracket)."""
     if not np.isfinite(budget):
         raise ValueError(f"budget must be finite, got {budget!r}")
-    if _realized_cost(rp, cp, t, c, p, 0.0) <= budget:
+    if spend(0.0) <= budget:
         return 0.0
-    if (
-        hi_start is not None
-        and hi_start > 0
-        and _realized_cost(rp, cp, t, c, p, hi_start) <= budget
-    ):
+    if hi_start is not None and hi_start > 0 and spend(hi_start) <= budget:
         hi = hi_start
     else:
-        positive = cp > _COST_EPS
-        ratios = rp[positive] / cp[positive]
-        hi = max(float(ratios.max()) if ratios.size else 0.0, 1e-9) * (1.0 + 1e-9)
+        hi = max(spend.max_ratio, 1e-9) * (1.0 + 1e-9)
         for _ in range(64):  # grow until the policy fits (negative or tiny costs need more)
-            if _realized_cost(rp, cp, t, c, p, hi) <= budget:
+            if spend(hi) <= budget:
                 break
             hi *= 2.0
         else:
             return hi
     lo = 0.0
-    scale = tol * max(abs(budget), float(np.mean(np.abs(c))), 1e-12)
+    scale = tol * max(abs(budget), spend.cost_scale, 1e-12)
     for _ in range(max_iter):
         mid = 0.5 * (lo + hi)
-        spent = _realized_cost(rp, cp, t, c, p, mid)
+        spent = spend(mid)
         if spent > budget:
             lo = mid
         else:
@@ -303,9 +307,10 @@ def budget_curve(
         raise ValueError("budgets must be a non-empty 1-D array of finite numbers")
     out = np.zeros((grid.size, 5))
     prev_lam: float | None = None
+    spend = _RealizedCost(rp, cp, t, c, p)
     for i in np.argsort(grid, kind="stable"):  # budgets ascending: lam of the last one brackets
-        lam = _lam_search(rp, cp, t, c, p, float(grid[i]), 1e-4, 60, prev_lam)
-        value = _eom_arrays(t, r, c, p, dual_choice(rp, cp, lam))
+        lam = _lam_search(spend, float(grid[i]), 1e-4, 60, prev_lam)
+        value = _eom_arrays(t, r, c, p, spend.choose(lam))
         out[i] = (value.revenue, value.cost, value.revenue_se, value.cost_se, lam)
         prev_lam = lam
     return BudgetCurve(grid, out[:, 0], out[:, 1], out[:, 2], out[:, 3], out[:, 4], low, high)

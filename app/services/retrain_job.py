@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.core import metrics
-from app.core.solver import dual_choice
+from app.core.solver import dual_chooser
 from app.db import begin_write, make_engine, make_sessionmaker
 from app.inference import OnnxModel
 from app.registry import Registry
@@ -169,7 +169,8 @@ def curve_of(
     x = model.spec.encode({c: holdout[c].to_numpy() for c in model.spec.raw_columns})
     revenue, cost = model.predict(x)  # (N, K)
     curve = metrics.budget_curve(revenue, cost, *_logged(holdout), budgets)
-    policies = np.stack([dual_choice(revenue, cost, float(lam)) for lam in curve.lam])
+    choose = dual_chooser(revenue, cost)
+    policies = np.stack([choose(float(lam)) for lam in curve.lam])
     return curve, policies
 
 

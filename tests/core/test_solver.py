@@ -236,6 +236,39 @@ def test_dual_choice_maximises_dual_score(
     assert (score[rows, choice] >= score.max(axis=1)).all()
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 6).flatmap(
+        lambda k: st.tuples(
+            st.lists(st.lists(st.integers(-2, 2), min_size=k, max_size=k), min_size=1, max_size=30),
+            st.lists(st.lists(st.integers(-2, 2), min_size=k, max_size=k), min_size=1, max_size=30),
+        )
+    )
+)
+def test_lexmin_fast_path_equals_the_sweep(pair: tuple[list[list[int]], list[list[int]]]) -> None:
+    """Integer keys in [-2, 2] make ties in both keys common; the argmin shortcut must keep the
+    sweep's rule (lowest first, then lowest second, then lowest index) on every customer."""
+    n = min(len(pair[0]), len(pair[1]))
+    first = np.asarray(pair[0][:n], dtype=np.float64).T  # (K, N)
+    second = np.asarray(pair[1][:n], dtype=np.float64).T
+    np.testing.assert_array_equal(
+        solver._lexmin(first, second), solver._lexmin_sweep(first, second)
+    )
+
+
+def test_dual_chooser_matches_dual_choice_and_validates_once() -> None:
+    rng = np.random.default_rng(3)
+    revenue, cost = np.round(rng.normal(1, 1, (500, 4)), 1), np.round(rng.exponential(1, (500, 4)), 1)
+    choose = solver.dual_chooser(revenue, cost)
+    for lam in (0.0, 0.5, 1.0, 3.0):
+        np.testing.assert_array_equal(choose(lam), dual_choice(revenue, cost, lam))
+    with pytest.raises(ValueError, match="lam must be finite"):
+        choose(float("inf"))
+    with pytest.raises(ValueError, match="non-finite value nan at customer 1, treatment 2"):
+        revenue[1, 2] = np.nan
+        solver.dual_chooser(revenue, cost)
+
+
 @pytest.mark.parametrize("fraction", [0.0, 1e-7, 0.05, 0.5, 0.97, 0.999999, 1.0, 2.0])
 def test_bracketed_path_agrees_with_full_hulls(
     fraction: float, monkeypatch: pytest.MonkeyPatch

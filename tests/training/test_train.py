@@ -157,6 +157,24 @@ def test_lower_level_steps_reduce_the_lower_loss(tiny_tables, tiny_config):
     assert lower(list(bi.net.parameters()), phi).item() < before
 
 
+@pytest.mark.parametrize("bridge_factual", [True, False])
+def test_lower_step_loss_is_the_lower_level_loss_at_the_current_parameters(
+    tiny_tables, tiny_config, bridge_factual
+):
+    """The training loop's one-forward lower step has the value and theta-gradient of L_low."""
+    bi, _ = _bilevel(tiny_tables, tiny_config, bridge_factual=bridge_factual)
+    bi.bridge.set_gate(0.3)
+    idx = torch.arange(7, 300)
+    theta = list(bi.net.parameters())
+    reference = bi.lower(idx)(theta, [p.detach() for p in bi.bridge.parameters()])
+    ref_grad = torch.autograd.grad(reference, theta)
+    fast = bi.lower_step_loss(idx)
+    fast_grad = torch.autograd.grad(fast, theta)
+    torch.testing.assert_close(fast, reference, rtol=1e-6, atol=0)
+    for a, b in zip(fast_grad, ref_grad, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_bridge_update_lowers_the_upper_objective_at_the_assumed_optimum(tiny_tables, tiny_config):
     """L_up(theta'(phi)) falls after implicit meta-gradient steps on phi (theta fixed)."""
     bi, run = _bilevel(tiny_tables, tiny_config, assumed_lr=0.005, n_cg=20, bridge_lr=0.05)
