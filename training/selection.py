@@ -86,8 +86,8 @@ class Checkpoints:
         self.average, self.n_averaged = None, 0
         return candidate
 
-    def select(self, net: OutcomeNet, val: Split, z: float, default: Candidate) -> dict[str, Any]:
-        """Load the chosen weights into net and say what was chosen.
+    def choose(self, val: Split, z: float, default: Candidate) -> tuple[Candidate, float]:
+        """The candidate to ship and its lower confidence bound on the gain over the default.
 
         Every candidate's row gets its paired gain over the default and that gain's SE; the
         default stays unless some candidate's gain - z * SE is positive (the largest wins).
@@ -98,7 +98,11 @@ class Checkpoints:
             candidate.scored.row.update({"val_gain": gain, "val_gain_se": se})
             if gain - z * se > best[0]:
                 best = (gain - z * se, candidate)
-        lcb, chosen = best
+        return best[1], best[0]
+
+    def select(self, net: OutcomeNet, val: Split, z: float, default: Candidate) -> dict[str, Any]:
+        """Load the chosen weights (`choose`) into net and say what was chosen."""
+        chosen, lcb = self.choose(val, z, default)
         net.load_state_dict(chosen.state)
         row = chosen.scored.row
         return {

@@ -150,18 +150,29 @@ class Trainer:
             self.history.append(candidate.scored.row)
         return candidate
 
+    def two_stage(
+        self, net: OutcomeNet, data: Split, weighted: bool, phase: str, checkpoints: Checkpoints
+    ) -> Candidate:
+        """The two-stage recipe: prediction_epochs of prediction loss, every epoch a candidate;
+        returns the weight average, which is the default of the selection that follows."""
+        epochs = self.cfg.prediction_epochs
+        self.prediction_epochs(net, data, epochs, weighted, phase, checkpoints)
+        return self.close_phase(net, checkpoints, phase)
+
     def warm_start(
         self, net: OutcomeNet, data: Split, weighted: bool, checkpoints: Checkpoints
     ) -> Candidate:
-        """Prediction-loss warm start (§4.5, §8.11); net continues from its weight average.
+        """Warm start (§4.5, §8.11) = the two-stage model on the same data, selection included;
+        net continues from it and it joins `checkpoints` as the one warm-start candidate.
 
-        Its epochs are not candidates (only the average is), so the decision-focused phase
-        competes with one well-trained prediction model rather than with every early epoch.
+        So a decision-focused method competes with exactly the model its two-stage counterpart
+        ships (tsm-rct for DFCL, tsm-pooled for Bi-DFCL), not with that recipe's every epoch.
         """
-        epochs = self.cfg.prediction_epochs
-        self.prediction_epochs(net, data, epochs, weighted, "warm-start", checkpoints, False)
-        warm = self.close_phase(net, checkpoints, "warm-start")
+        recipe = Checkpoints()
+        average = self.two_stage(net, data, weighted, "warm-start", recipe)
+        warm, _ = recipe.choose(self.val, self.cfg.select_z, average)
         net.load_state_dict(warm.state)
+        checkpoints.candidates.append(warm)
         return warm
 
     def select(
@@ -322,9 +333,7 @@ def train(cfg: TrainConfig, rct: Table, obs: Table | None) -> TrainResult:
         data = {"tsm-rct": tr, "tsm-obs": obs_split, "tsm-pooled": None}[method]
         data = data if data is not None else tr.concat(obs_split)  # type: ignore[arg-type]
         net = run.outcome_net(data, 0)
-        epochs = cfg.prediction_epochs
-        run.prediction_epochs(net, data, epochs, method == "tsm-rct", method, checkpoints)
-        default = run.close_phase(net, checkpoints, method)
+        default = run.two_stage(net, data, method == "tsm-rct", method, checkpoints)
     else:
         if method in DFCL:
             net = run.outcome_net(tr, 0)

@@ -258,7 +258,8 @@ def test_lexmin_fast_path_equals_the_sweep(pair: tuple[list[list[int]], list[lis
 
 def test_dual_chooser_matches_dual_choice_and_validates_once() -> None:
     rng = np.random.default_rng(3)
-    revenue, cost = np.round(rng.normal(1, 1, (500, 4)), 1), np.round(rng.exponential(1, (500, 4)), 1)
+    revenue = np.round(rng.normal(1, 1, (500, 4)), 1)
+    cost = np.round(rng.exponential(1, (500, 4)), 1)
     choose = solver.dual_chooser(revenue, cost)
     for lam in (0.0, 0.5, 1.0, 3.0):
         np.testing.assert_array_equal(choose(lam), dual_choice(revenue, cost, lam))

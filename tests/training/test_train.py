@@ -19,7 +19,7 @@ from training import bilevel, losses
 from training.bidfcl import BiLevel
 from training.config import METHODS, TrainConfig
 from training.nets import BridgeNet
-from training.selection import score
+from training.selection import Checkpoints, score
 from training.train import Trainer, prepare, train
 
 
@@ -374,4 +374,29 @@ def test_a_decision_phase_that_cannot_prove_itself_ships_exactly_the_two_stage_m
     x = torch.from_numpy(decision.val_features)
     with torch.no_grad():
         for got, want in zip(decision.net(x), baseline.net(x), strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("method", "two_stage", "weighted"),
+    [("bi-dfcl", "tsm-pooled", False), ("dfcl-pl", "tsm-rct", True)],
+)
+def test_the_warm_start_is_the_selected_two_stage_model(
+    method, two_stage, weighted, tiny_tables, tiny_config
+):
+    """With no bar (select_z = 0: any positive paired gain wins), the two-stage method ships
+    a single epoch rather than its average; the warm start must be that same model."""
+    rct, obs = tiny_tables
+    baseline = train(tiny_config(two_stage, select_z=0.0), rct, obs)
+    assert baseline.meta["validation"]["selected_phase"] == two_stage  # an epoch, not the average
+    cfg = tiny_config(method, select_z=0.0, outcome_loss=baseline.config.outcome_loss)
+    _, tr, val, obs_split = prepare(cfg, rct, obs)
+    run = Trainer(cfg, tr, val, obs_split)
+    data = tr if weighted else tr.concat(obs_split)
+    net = run.outcome_net(data, 0)
+    warm = run.warm_start(net, data, weighted, Checkpoints())
+    assert warm.scored.row["phase"] == "warm-start"
+    x = torch.from_numpy(baseline.val_features)
+    with torch.no_grad():
+        for got, want in zip(net(x), baseline.net(x), strict=True):
             torch.testing.assert_close(got, want, rtol=0, atol=0)
