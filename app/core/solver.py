@@ -104,7 +104,7 @@ def _lexmin(first: FloatArray, second: FloatArray) -> IntArray:
     One argmin settles every customer without an exact tie in `first` (the usual case); only
     tied customers go through the K-step lexicographic sweep. Twice as fast as sweeping all.
     """
-    idx = first.argmin(axis=0)
+    idx: IntArray = np.argmin(first, axis=0)
     tied = first == first.min(axis=0)
     if np.count_nonzero(tied) > first.shape[1]:
         rows = np.flatnonzero(np.count_nonzero(tied, axis=0) > 1)
