@@ -270,6 +270,36 @@ def test_cross_fitting_keeps_the_upper_fold_away_from_the_teacher(tiny_tables, t
     assert same[0] is tr and same[1] is tr  # the papers' setting: every level sees every row
 
 
+@pytest.mark.parametrize("select_z", [1e9, 0.0])
+def test_the_pooled_teacher_is_the_warm_start_unless_fine_tuning_proves_itself(
+    tiny_tables, tiny_config, select_z
+):
+    """teacher_init="pooled": the warm model is the default teacher; the RCT fine-tune replaces
+    it only past the select_z bar (and with no bar, whichever the validation favours)."""
+    from training.bidfcl import _teacher
+
+    rct, obs = tiny_tables
+    cfg = tiny_config("bi-dfcl", outcome_loss="poisson", select_z=select_z)
+    _, tr, val, obs_split = prepare(cfg, rct, obs)
+    run = Trainer(cfg, tr, val, obs_split)
+    warm = run.outcome_net(tr.concat(obs_split), 0)
+    run.prediction_epochs(warm, tr.concat(obs_split), 2, False, "warm-start")
+    before = [p.detach().clone() for p in warm.parameters()]
+    teacher = _teacher(run, warm, tr)
+    assert all(torch.equal(a, b) for a, b in zip(before, warm.parameters(), strict=True))
+    same = all(
+        torch.equal(a, b) for a, b in zip(warm.parameters(), teacher.parameters(), strict=True)
+    )
+    start = next(r for r in run.history if r["phase"] == "teacher-start")
+    tuned = [r for r in run.history if r["phase"].startswith("teacher") and r is not start]
+    assert all(not p.requires_grad for p in teacher.parameters())
+    if select_z == 1e9:
+        assert same
+    else:  # some fine-tuned candidate looked better on validation -> it is the teacher
+        assert max(r["val_gain"] for r in tuned) > 0
+        assert not same
+
+
 def test_cli_trains_exports_and_onnxruntime_loads(tiny_dir, tmp_path, tiny_config):
     cfg = TrainConfig(**{**tiny_config("bi-dfcl").to_json(), "hidden": (16, 8)})
     (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_json()))
