@@ -14,7 +14,6 @@ import numpy.typing as npt
 import pandas as pd
 
 from app.core import metrics
-from app.core.solver import dual_chooser
 from training.data.tables import DataError, Table, read_frame
 
 FloatArray = npt.NDArray[np.float64]
@@ -123,10 +122,8 @@ def evaluate_predictions(
     true_revenue = true_cost = None
     if truth is not None:
         rows = np.arange(table.n_rows)
-        choose = dual_chooser(revenue_pred, cost_pred)
-        picks = [choose(float(lam)) for lam in curve.lam]
-        true_revenue = np.array([truth[0][rows, p].mean() for p in picks])
-        true_cost = np.array([truth[1][rows, p].mean() for p in picks])
+        true_revenue = np.array([truth[0][rows, p].mean() for p in curve.policy])
+        true_cost = np.array([truth[1][rows, p].mean() for p in curve.policy])
     return Evaluation(curve, aucc, true_revenue, true_cost)
 
 

@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
 
 from training.nets import OutcomeNet
-from training.splits import Split, grid_policies, paired_grid_gain, validation_curve
+from training.splits import Split, paired_grid_gain, validation_curve
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def score(net: OutcomeNet, val: Split, budgets: np.ndarray) -> Scored:
         rev_hat, cost_hat = (v.numpy() for v in net(val.x))
     curve = validation_curve(rev_hat, cost_hat, val, budgets)
     row = {"val_revenue": curve.mean_revenue, "val_area": curve.area}
-    return Scored(row, grid_policies(rev_hat, cost_hat, curve.lam))
+    return Scored(row, curve.policy)
 
 
 def averaged_epochs(epochs: int, fraction: float) -> int:

@@ -9,7 +9,6 @@ import torch
 from torch import Tensor
 
 from app.core import metrics
-from app.core.solver import dual_chooser
 
 
 @dataclass(frozen=True)
@@ -89,13 +88,6 @@ def validation_curve(
     normalised `area` divides by R_high - R_low, which is tiny and noisy on small splits.
     """
     return metrics.budget_curve(rev_hat, cost_hat, *split.logged(), budgets)
-
-
-def grid_policies(rev_hat: np.ndarray, cost_hat: np.ndarray, lams: np.ndarray) -> np.ndarray:
-    """Mode-E policies (B, N) of predictions (N, K) at a curve's multipliers (B,)."""
-    rp, cp = rev_hat.astype(np.float64), cost_hat.astype(np.float64)
-    choose = dual_chooser(rp, cp)
-    return np.stack([choose(float(lam)) for lam in lams])
 
 
 def paired_grid_gain(policies: np.ndarray, anchor: np.ndarray, split: Split) -> tuple[float, float]:

@@ -235,6 +235,7 @@ class BudgetCurve:
     revenue_se: FloatArray  # (B,)
     cost_se: FloatArray  # (B,)
     lam: FloatArray  # (B,) mode-E multiplier
+    policy: IntArray  # (B, N) treatment per customer at lam(b) (the policy the row scores)
     low: PolicyValue  # constant policy with the lowest EOM cost (usually all-control)
     high: PolicyValue  # constant policy with the highest EOM cost (usually all-max-arm)
 
@@ -306,14 +307,17 @@ def budget_curve(
     if grid.ndim != 1 or grid.size == 0 or not np.all(np.isfinite(grid)):
         raise ValueError("budgets must be a non-empty 1-D array of finite numbers")
     out = np.zeros((grid.size, 5))
+    policy = np.zeros((grid.size, len(t)), np.int64)
     prev_lam: float | None = None
     spend = _RealizedCost(rp, cp, t, c, p)
     for i in np.argsort(grid, kind="stable"):  # budgets ascending: lam of the last one brackets
         lam = _lam_search(spend, float(grid[i]), 1e-4, 60, prev_lam)
-        value = _eom_arrays(t, r, c, p, spend.choose(lam))
+        policy[i] = spend.choose(lam)
+        value = _eom_arrays(t, r, c, p, policy[i])
         out[i] = (value.revenue, value.cost, value.revenue_se, value.cost_se, lam)
         prev_lam = lam
-    return BudgetCurve(grid, out[:, 0], out[:, 1], out[:, 2], out[:, 3], out[:, 4], low, high)
+    rev, cst, rev_se, cst_se, lams = out.T
+    return BudgetCurve(grid, rev, cst, rev_se, cst_se, lams, policy, low, high)
 
 
 def roi_score(revenue_pred: object, cost_pred: object) -> FloatArray:

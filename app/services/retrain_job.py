@@ -35,7 +35,6 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.core import metrics
-from app.core.solver import dual_chooser
 from app.db import begin_write, make_engine, make_sessionmaker
 from app.inference import OnnxModel
 from app.registry import Registry
@@ -169,9 +168,7 @@ def curve_of(
     x = model.spec.encode({c: holdout[c].to_numpy() for c in model.spec.raw_columns})
     revenue, cost = model.predict(x)  # (N, K)
     curve = metrics.budget_curve(revenue, cost, *_logged(holdout), budgets)
-    choose = dual_chooser(revenue, cost)
-    policies = np.stack([choose(float(lam)) for lam in curve.lam])
-    return curve, policies
+    return curve, curve.policy
 
 
 def _logged(holdout: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -144,8 +144,13 @@ def test_budget_curve_rewards_good_predictions() -> None:
 
 def test_budget_curve_custom_grid_and_errors() -> None:
     d = _rct(500)
-    curve = metrics.budget_curve(d["rev_mean"], d["cost_mean"], *_logged(d), [0.3, 0.6])
-    assert curve.budget.tolist() == [0.3, 0.6] and curve.lam.shape == (2,)
+    curve = metrics.budget_curve(d["rev_mean"], d["cost_mean"], *_logged(d), [0.6, 0.3])
+    assert curve.budget.tolist() == [0.6, 0.3] and curve.lam.shape == (2,)
+    for b in range(2):  # the policy each row scores, in the caller's budget order
+        choice = dual_choice(d["rev_mean"], d["cost_mean"], curve.lam[b])
+        np.testing.assert_array_equal(curve.policy[b], choice)
+        value = metrics.eom(*_logged(d), choice)
+        assert (curve.revenue[b], curve.cost[b]) == (value.revenue, value.cost)
     with pytest.raises(ValueError, match=r"must both be \(N=500, K\)"):
         metrics.budget_curve(d["rev_mean"][:, :2], d["cost_mean"], *_logged(d))
 

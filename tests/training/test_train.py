@@ -373,13 +373,13 @@ def test_benchmark_quick_runs_end_to_end(tmp_path):
 def test_paired_grid_gain_matches_per_budget_eom_differences(tiny_tables, tiny_config):
     """Selection's paired gain = mean over the grid of metrics' paired HT differences."""
     from app.core import metrics
-    from training.splits import grid_policies, paired_grid_gain, validation_curve
+    from training.splits import paired_grid_gain, validation_curve
 
     bi, run = _bilevel(tiny_tables, tiny_config)
     with torch.no_grad():
         rev, cost = (v.numpy() for v in bi.net(run.val.x))
     curve = validation_curve(rev, cost, run.val, run.val_budgets)
-    pol = grid_policies(rev, cost, curve.lam)
+    pol = curve.policy
     anchor = np.roll(pol, 1, axis=1)  # some other policies on the same rows
     gain, se = paired_grid_gain(pol, anchor, run.val)
     logged = run.val.logged()
