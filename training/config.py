@@ -36,7 +36,8 @@ class TrainConfig:
     # optimisation shared by all methods
     # prediction-loss epochs: the whole of a two-stage method, and the warm start of DFCL and
     # Bi-DFCL on the same data (so a decision-focused method starts from, and is compared
-    # with, exactly the two-stage model)
+    # with, exactly the two-stage model; paper warm start: 20, longer here because it is what
+    # DFCL / Bi-DFCL ship unless the decision-focused phase beats it)
     prediction_epochs: int = 30
     epochs: int = 15  # epochs of the decision-focused phase (DFCL, Bi-DFCL) after the warm start
     batch_size: int = 512
@@ -54,11 +55,10 @@ class TrainConfig:
     # RCT validation split; selection by the paired EOM gain over the budget grid
     val_fraction: float = 0.25
     n_budgets: int = 10  # validation grid size (§8.7)
-    select_z: float = 2.0  # a checkpoint replaces the weight average only if gain > z * SE
+    select_z: float = 2.0  # a candidate replaces the default model only if gain > z * SE
     train_budget: float | None = None  # per-capita budget for PPL/PIFD; None -> quantiles below
     train_budget_quantiles: tuple[float, ...] = (0.25, 0.5, 0.75)  # of the RCT spend range (§8.7)
     # DFCL (§4): L = L_DL + alpha * L_PL on RCT after a warm start of prediction_epochs
-    # (paper: 20; longer here because it is what DFCL / Bi-DFCL ship unless beaten)
     # DFCL / Bi-DFCL: the warm start (a prediction model) stays the default model and the
     # decision-focused phase replaces it only on paired validation evidence (select_z). False:
     # the decision-focused phase's average is the default (the phase judged on its own)
@@ -85,7 +85,8 @@ class TrainConfig:
     cg_tol: float = 1e-8
     bridge_lr: float = 1e-3
     teacher_epochs: int = 10
-    # "pooled": fine-tune the warm-started target on RCT (paper: any uplift model; "scratch")
+    # "pooled": the warm-started target, replaced by its RCT fine-tune only on validation
+    # evidence (paper: any uplift model trained on RCT; "scratch")
     teacher_init: str = "pooled"
     bridge_factual: bool = True  # gate also mixes teacher into the logged arm's label (§8.1)
     gate_init: float = 0.1  # initial teacher share of every pseudo-label (paper: unpublished)

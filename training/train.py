@@ -128,14 +128,14 @@ class Trainer:
 
     def epoch_end(
         self, net: OutcomeNet, phase: str, logs: dict[str, float],
-        checkpoints: Checkpoints | None, epoch: int, epochs: int, keep: bool = True,
+        checkpoints: Checkpoints | None, epoch: int, epochs: int,
     ) -> float:  # fmt: skip
         """Evaluate after an epoch; keep it as a candidate and fold the phase's final epochs
         into its average; returns the validation mean revenue for the progress bar."""
         scored = self.evaluate(net, phase, logs)
         if checkpoints is not None:
             first_averaged = epochs - averaged_epochs(epochs, self.cfg.average_fraction)
-            checkpoints.add(net, scored, keep, average=epoch >= first_averaged)
+            checkpoints.add(net, scored, keep=True, average=epoch >= first_averaged)
         return float(scored.row["val_revenue"])
 
     def close_phase(self, net: OutcomeNet, checkpoints: Checkpoints, phase: str) -> Candidate:
@@ -183,11 +183,11 @@ class Trainer:
 
     def prediction_epochs(
         self, net: OutcomeNet, data: Split, epochs: int, weighted: bool, phase: str,
-        checkpoints: Checkpoints | None = None, keep: bool = True,
+        checkpoints: Checkpoints | None = None,
     ) -> None:  # fmt: skip
         """Factual prediction loss; weighted=True is the arm-balanced RCT loss (§2).
 
-        With checkpoints, every epoch is a candidate (keep) and the final ones are averaged.
+        With checkpoints, every epoch is a candidate and the final ones are averaged.
         """
         opt = self.optimizer(net, self.cfg.lr)
         weight = losses.frequency_weights(data.treatment, self.k) if weighted else None
@@ -206,7 +206,7 @@ class Trainer:
                 opt.step()
                 total, count = total + loss.item(), count + 1
             logs = {"pred_loss": total / count}
-            val = self.epoch_end(net, phase, logs, checkpoints, epoch, epochs, keep)
+            val = self.epoch_end(net, phase, logs, checkpoints, epoch, epochs)
             bar.set_postfix(pred=f"{total / count:.4f}", val_rev=f"{val:.4f}")
 
     def decision_loss(
