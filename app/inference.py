@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,17 @@ class OnnxModel:
                     f"{where}: model.json outputs.{name} = {spec_shape} disagrees with "
                     f"{self.n_treatments} treatments"
                 )
+
+    def predict_columns(
+        self, columns: Mapping[str, Any]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """Raw feature columns (a DataFrame or name -> (N,) array) -> revenue, cost (N, K).
+
+        Encodes column-wise with the model's own spec, as every batch path (evaluation,
+        retraining comparisons, simulations) must, so they all score exactly as the service.
+        """
+        x = self.spec.encode(columns)  # a missing column is a FeatureError naming it
+        return self.predict(np.ascontiguousarray(x, dtype=np.float32))
 
     def predict(
         self, features: npt.NDArray[np.float32]

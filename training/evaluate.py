@@ -6,6 +6,7 @@ numbers come from one function, `evaluate_predictions`, so every method is score
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from app.core import metrics
+from training.data import load_dataset, load_table
 from training.data.tables import DataError, Table, read_frame
 
 FloatArray = npt.NDArray[np.float64]
@@ -90,6 +92,35 @@ def read_predictions(
             f"{path}: column {names[col]!r} has a non-numeric or missing value at row {row}"
         )
     return values[:, :n_treatments], values[:, n_treatments:]
+
+
+def dataset_arms(data: Path) -> int | None:
+    """K from a dataset dir's dataset.json; None for a plain table (taken from the predictions)."""
+    if not data.is_dir():
+        return None
+    try:
+        return len(json.loads((data / "dataset.json").read_text())["treatments"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{data / 'dataset.json'}: cannot read the treatments ({exc})") from None
+
+
+def evaluation_data(
+    data: Path, truth: Path | None, n_treatments: int
+) -> tuple[Table, tuple[FloatArray, FloatArray] | None]:
+    """The RCT table to evaluate on and, when known, the truth arrays ((N, K), (N, K)).
+
+    data: an RCT table, or a dataset directory (its test table, and its truth table unless
+    `truth` names another file).
+    """
+    if data.is_dir():
+        dataset = load_dataset(data)
+        table = dataset.test
+        if dataset.truth is not None and truth is None:
+            truth = next(p for p in data.glob("truth.*") if p.suffix in (".parquet", ".csv"))
+    else:
+        table = load_table(data, "rct", n_treatments=n_treatments)
+    truth_arrays = None if truth is None else read_predictions(truth, n_treatments)
+    return table, truth_arrays
 
 
 def evaluate_predictions(

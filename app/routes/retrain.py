@@ -9,6 +9,7 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request
 
 from app.auth import require_scope
 from app.deps import SessionDep, SettingsDep
+from app.jobs import runner
 from app.schemas import RetrainCreate, RetrainRead
 from app.services import retrain
 
@@ -32,7 +33,7 @@ def start_retraining(
     """Queue a job; its process starts once the job is committed. Follow it with GET."""
     job = retrain.start(session, settings, body)
     # Background tasks run after the response, i.e. after the session dependency committed.
-    background.add_task(retrain.launch, request.app.state.sessionmaker, settings, job.id)
+    background.add_task(runner.launch, request.app.state.sessionmaker, settings, job.id)
     return {**{c: getattr(job, c) for c in RetrainRead.model_fields if hasattr(job, c)},
             "log_tail": []}  # fmt: skip
 

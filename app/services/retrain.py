@@ -1,20 +1,14 @@
-"""Retraining jobs, service side: accept one job at a time, launch it in its own process, report.
+"""Retraining job use cases: accept one job at a time, close it, read it back.
 
-The job itself (`app/services/retrain_job.py`, run as `python -m app.services.retrain_job`)
-imports torch; this module never does, so the service stays torch-free. The job's row is the
-shared state: the launcher records the pid, the job marks itself running and finally succeeded
-or failed. A job whose process died without saying so is marked failed the next time anyone
-looks (pid check), so one crash never blocks retraining for good.
+The job itself runs in `app/jobs/retrain.py`, started by the local backend `app/jobs/runner.py`;
+this module never imports torch or training. A job whose process died without saying so is
+marked failed the next time anyone looks (pid check), so one crash never blocks retraining.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import subprocess
-import sys
-import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db import begin_write
@@ -33,15 +27,9 @@ from app.tables import RetrainJob
 log = logging.getLogger(__name__)
 
 LOG_NAME = "job.log"
-SETTINGS_NAME = "settings.json"
 LOG_TAIL_LINES = 40
 # A queued job whose process was never launched (service died first) is given up after this.
 LAUNCH_GRACE = timedelta(seconds=120)
-
-
-def job_command(job_id: uuid.UUID, workdir: Path) -> list[str]:
-    """The job's process: this interpreter running the job module (see `dfcl retrain-job`)."""
-    return [sys.executable, "-m", "app.services.retrain_job", str(job_id), str(workdir)]
 
 
 def _now() -> datetime:
@@ -121,43 +109,6 @@ def start(session: Session, settings: Settings, body: RetrainCreate) -> RetrainJ
     return job
 
 
-def launch(factory: sessionmaker[Session], settings: Settings, job_id: uuid.UUID) -> None:
-    """Start the job's process (after the job row is committed) and record its pid.
-
-    A thread waits for the process so it never lingers as a zombie of the service.
-    """
-    with factory() as session:
-        job = session.get(RetrainJob, job_id)
-        if job is None:
-            return
-        workdir = Path(job.workdir)
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-        settings_file = workdir / SETTINGS_NAME
-        settings_file.write_text(settings.model_dump_json())  # may hold a DB password
-        settings_file.chmod(0o600)
-        with (workdir / LOG_NAME).open("ab") as log_file:
-            process = subprocess.Popen(
-                job_command(job_id, workdir),
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # a Ctrl+C of the service does not kill training
-            )
-    except OSError as exc:
-        with factory() as session, session.begin():
-            finish(session, job_id, status="failed", error=f"cannot start the job: {exc}")
-        return
-    threading.Thread(target=process.wait, name=f"retrain-{job_id}", daemon=True).start()
-    with factory() as session, session.begin():
-        begin_write(session)
-        session.execute(
-            update(RetrainJob)
-            .where(RetrainJob.id == job_id, RetrainJob.pid.is_(None))
-            .values(pid=process.pid)
-        )
-
-
 def log_tail(workdir: str, lines: int = LOG_TAIL_LINES) -> list[str]:
     """Last lines of the job's log (progress and, on failure, the traceback)."""
     path = Path(workdir) / LOG_NAME
@@ -189,8 +140,3 @@ def list_jobs(session: Session, *, limit: int) -> list[dict[str, Any]]:
         {c: getattr(j, c) for c in RetrainJob.__table__.columns.keys()}  # noqa: SIM118
         for j in session.scalars(stmt)
     ]
-
-
-def read_settings(workdir: Path) -> Settings:
-    """The service's settings as the launcher wrote them for the job."""
-    return Settings.model_validate(json.loads((workdir / SETTINGS_NAME).read_text()))

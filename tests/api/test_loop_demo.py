@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.services.loop_demo import LoopConfig, run
+from app.jobs.loop_demo import LoopConfig, run
 
 
 @pytest.mark.slow

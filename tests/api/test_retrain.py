@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.db import make_engine
 from app.inference import OnnxModel
-from app.services.retrain_job import compare
+from app.jobs.retrain import compare
 from app.tables import RetrainJob
 
 TINY_TRAINING = {

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli import app
-from training.cli_support import model_predictions
+from app.inference import OnnxModel
 from training.data import load_dataset
 
 SMALL = {"epochs": 2, "prediction_epochs": 2, "steps_per_epoch": 8, "batch_size": 128,
@@ -35,7 +35,7 @@ def test_evaluate_model_matches_its_predictions_file(tiny_dir: Path, tmp_path: P
 
     # The same numbers through the predictions-file path.
     test = load_dataset(tiny_dir).test
-    revenue, cost = model_predictions(out, test.features)
+    revenue, cost = OnnxModel.load(out).predict_columns(test.features)
     k = revenue.shape[1]
     frame = pd.DataFrame({**{f"revenue_{j}": revenue[:, j] for j in range(k)},
                           **{f"cost_{j}": cost[:, j] for j in range(k)}})  # fmt: skip

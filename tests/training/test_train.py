@@ -320,11 +320,11 @@ def test_cli_trains_exports_and_onnxruntime_loads(tiny_dir, tmp_path, tiny_confi
     x = np.zeros((5, desc["n_features"]), dtype=np.float32)
     rev, cost = session.run(["revenue", "cost"], {"features": x})
     assert rev.shape == cost.shape == (5, 3)
-    from training.cli_support import model_predictions
+    from app.inference import OnnxModel
     from training.data import load_table
 
     test = load_table(tiny_dir / "test.parquet", "rct", n_treatments=3)
-    rev_onnx, cost_onnx = model_predictions(out, test.features)
+    rev_onnx, cost_onnx = OnnxModel.load(out).predict_columns(test.features)
     assert rev_onnx.shape == (test.n_rows, 3) and np.isfinite(cost_onnx).all()
     again = runner.invoke(app, ["export", str(out)])
     assert again.exit_code == 0, again.output

@@ -1,7 +1,7 @@
 """The retraining job (its own process): data from the loop -> train -> register -> compare.
 
-Run as `python -m app.services.retrain_job JOB_ID WORKDIR` (or `dfcl retrain-job`); the service
-launches it (app/services/retrain.py). Steps, each logged to WORKDIR/job.log:
+Run as `python -m app.jobs.retrain JOB_ID WORKDIR` (or `dfcl retrain-job`); the service
+launches it (app/jobs/runner.py). Steps, each logged to WORKDIR/job.log:
 
 1. Data. Every stored decision with an outcome (and its request features) from allocations made
    by models with the champion's treatments. Explored decisions are randomized: they become RCT
@@ -37,9 +37,10 @@ from app.config import Settings
 from app.core import metrics
 from app.db import begin_write, make_engine, make_sessionmaker
 from app.inference import OnnxModel
+from app.jobs.runner import read_settings
 from app.registry import Registry
 from app.services import models
-from app.services.retrain import finish, read_settings
+from app.services.retrain import finish
 from app.tables import Allocation, Decision, ModelVersion, Outcome, RetrainJob
 
 _HASH_BUCKETS = 10_000
@@ -283,14 +284,14 @@ def run(job_id: uuid.UUID, workdir: Path) -> None:
                 "no randomized rows to train on: record outcomes of explored decisions "
                 "(exploration_rate > 0) or name a base RCT table"
             )
-        from training.cli_support import run_train  # torch only from here on
+        from training.pipeline import train_and_export  # torch only from here on
 
         config_path = workdir / "train-config.json"
         config_path.write_text(json.dumps(params.get("config") or {}))
         data = workdir / "data"
         obs = data / "obs.parquet"
         say("training ...")
-        card = run_train(
+        card = train_and_export(
             params["method"], data / "rct.parquet", obs if obs.is_file() else None,
             workdir / "model", config_path, progress=False,
         )  # fmt: skip

@@ -1,4 +1,9 @@
-"""What `dfcl train` and `dfcl export` do, kept out of app/cli.py so the CLI stays thin."""
+"""Files in, exported model out: what `dfcl train`, the demos and retraining jobs all run.
+
+`train_and_export` loads and validates the tables (with dataset.json beside the RCT file when
+there is one), trains, and writes config.json, history.json, checkpoint.pt, model.onnx and
+model.json into one directory. It is the one place training meets the file system.
+"""
 
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ def build_config(method: str, config_path: Path | None, seed: int | None) -> Tra
     return cfg.replace(**changes)
 
 
-def run_train(
+def train_and_export(
     method: str, rct_path: Path, obs_path: Path | None, out_dir: Path,
     config_path: Path | None = None, seed: int | None = None, progress: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
@@ -61,31 +66,6 @@ def run_train(
     return description
 
 
-def run_export(checkpoint_dir: Path) -> dict[str, Any]:
+def reexport(checkpoint_dir: Path) -> dict[str, Any]:
     """Re-export model.onnx + model.json from a checkpoint directory."""
     return export_checkpoint(Path(checkpoint_dir))
-
-
-def model_predictions(model_dir: Path, features: Any) -> tuple[Any, Any]:
-    """Revenue and cost (N, K) of an exported model on raw feature columns, via onnxruntime.
-
-    Encodes with the model's own feature spec (as the service does), so `dfcl evaluate` can take
-    `--model DIR` with one call to this function.
-    """
-    import numpy as np
-    import onnxruntime as ort
-
-    from app.core.features import FeatureSpec
-
-    model_dir = Path(model_dir)
-    try:
-        description = json.loads((model_dir / "model.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{model_dir / 'model.json'}: cannot read ({exc})") from None
-    spec = FeatureSpec.from_json(description["feature_spec"])
-    x = np.ascontiguousarray(spec.encode(features), dtype=np.float32)
-    session = ort.InferenceSession(
-        str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"]
-    )
-    revenue, cost = session.run(["revenue", "cost"], {"features": x})
-    return revenue.astype(np.float64), cost.astype(np.float64)

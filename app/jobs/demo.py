@@ -55,7 +55,7 @@ def train_model(
     Only a missing implementation (ImportError / NotImplementedError) triggers the fallback,
     and it is announced; any other failure is an error.
     """
-    from training.cli_support import run_train
+    from training.pipeline import train_and_export
 
     methods = [method, *[m for m in available_methods() if m != method]]
     config_path = out / "train-config.json"
@@ -66,7 +66,7 @@ def train_model(
         out.mkdir(parents=True, exist_ok=True)
         config_path.write_text(json.dumps({**config, "method": candidate}))
         try:
-            return run_train(
+            return train_and_export(
                 candidate, data / "rct.parquet", data / "obs.parquet", out / candidate, config_path
             )
         except (ImportError, NotImplementedError) as exc:

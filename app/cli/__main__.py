@@ -1,0 +1,5 @@
+"""`python -m app.cli` runs `dfcl`."""
+
+from app.cli import main
+
+main()
