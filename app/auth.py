@@ -1,4 +1,4 @@
-"""API-key authentication: one dependency per scope, declared on routers and routes.
+"""API-key authentication: one dependency per scope, declared as a route parameter.
 
 Clients send `Authorization: Bearer <key>` (or `X-API-Key: <key>`). Keys live hashed in the
 database (`dfcl keys create`), so every worker and the CLI agree and revocation is immediate.
@@ -73,15 +73,13 @@ def require_scope(scope: Scope) -> Callable[..., Principal]:
                 f"this API key has scopes {list(row.scopes)}; {request.method} "
                 f"{request.url.path} needs {scope!r}"
             )
-        principal = Principal(key_id=str(row.id), name=row.name, scopes=tuple(row.scopes))
-        request.state.principal = principal
-        return principal
+        return Principal(key_id=str(row.id), name=row.name, scopes=tuple(row.scopes))
 
     check.__name__ = f"require_{scope}"
     return check
 
 
-# Route-level aliases: `principal: AllocateKey` or `dependencies=[Depends(require_scope(...))]`.
+# What every route declares: a parameter `principal: ReadKey` (or AllocateKey, AdminKey).
 AllocateKey = Annotated[Principal, Depends(require_scope("allocate"))]
 ReadKey = Annotated[Principal, Depends(require_scope("read"))]
 AdminKey = Annotated[Principal, Depends(require_scope("admin"))]

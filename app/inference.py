@@ -14,33 +14,26 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from app.core.features import FeatureSpec
+from app.core.model_card import CARD_FILE, GRAPH_FILE, INPUT, OUTPUTS, CardError, ModelCard
 from app.errors import InvalidModel
 
-FORMAT_VERSION = 1
-INPUT = "features"
-OUTPUTS = ("revenue", "cost")
-_REQUIRED_KEYS = ("format_version", "version", "method", "treatments", "n_features", "feature_spec")
 # One batch size that is not a "natural" export size, so a graph with a frozen batch fails here.
 _PROBE_ROWS = 3
 
 
-def read_card(directory: Path) -> dict[str, Any]:
-    """model.json as a dict, with the keys the service relies on present."""
-    path = directory / "model.json"
+def read_card(directory: Path) -> ModelCard:
+    """The directory's model card, checked field by field (InvalidModel names the field)."""
+    path = directory / CARD_FILE
     if not path.is_file():
         raise InvalidModel(f"{path} is missing")
     try:
-        card = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise InvalidModel(f"{path} is not readable JSON: {exc}") from None
-    if not isinstance(card, dict):
-        raise InvalidModel(f"{path} must hold a JSON object")
-    missing = [k for k in _REQUIRED_KEYS if k not in card]
-    if missing:
-        raise InvalidModel(f"{path} lacks {missing}")
-    if card["format_version"] != FORMAT_VERSION:
-        raise InvalidModel(f"{path}: format_version {card['format_version']} is not supported")
-    return card
+    try:
+        return ModelCard.from_json(data)
+    except CardError as exc:
+        raise InvalidModel(f"{path}: {exc}") from None
 
 
 def file_sha256(path: Path) -> str:
@@ -60,7 +53,7 @@ class OnnxModel:
     method: str
     treatments: tuple[str, ...]
     spec: FeatureSpec
-    card: dict[str, Any]
+    card: ModelCard
     path: Path
     session: ort.InferenceSession
 
@@ -72,19 +65,16 @@ class OnnxModel:
     def load(cls, directory: Path, *, threads: int = 1) -> OnnxModel:
         """Load and check files, graph signature and output shapes against model.json."""
         card = read_card(directory)
-        onnx_path = directory / "model.onnx"
+        onnx_path = directory / GRAPH_FILE
         if not onnx_path.is_file():
             raise InvalidModel(f"{onnx_path} is missing")
         try:
-            spec = FeatureSpec.from_json(card["feature_spec"])
-        except ValueError as exc:
-            raise InvalidModel(f"{directory}/model.json: {exc}") from None
-        treatments = tuple(str(t) for t in card["treatments"])
-        if len(treatments) < 1:
-            raise InvalidModel(f"{directory}/model.json lists no treatments")
-        if card["n_features"] != spec.n_features:
+            spec = FeatureSpec.from_json(card.feature_spec)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise InvalidModel(f"{directory}/{CARD_FILE}: feature_spec: {exc}") from None
+        if card.n_features != spec.n_features:
             raise InvalidModel(
-                f"{directory}/model.json: n_features {card['n_features']} but the feature spec "
+                f"{directory}/{CARD_FILE}: n_features {card.n_features} but the feature spec "
                 f"encodes {spec.n_features}"
             )
         options = ort.SessionOptions()
@@ -99,9 +89,9 @@ class OnnxModel:
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise InvalidModel(f"{onnx_path} does not load: {exc}") from None
         model = cls(
-            version=str(card["version"]),
-            method=str(card["method"]),
-            treatments=treatments,
+            version=card.version,
+            method=card.method,
+            treatments=card.treatments,
             spec=spec,
             card=card,
             path=directory,
@@ -126,7 +116,7 @@ class OnnxModel:
         names = {o.name for o in self.session.get_outputs()}
         if not set(OUTPUTS) <= names:
             raise InvalidModel(f"{where}: outputs {sorted(names)} lack {list(OUTPUTS)}")
-        declared = self.card.get("outputs", {})
+        declared = self.card.outputs
         probe = np.zeros((_PROBE_ROWS, self.spec.n_features), dtype=np.float32)
         try:
             got = self.session.run(list(OUTPUTS), {INPUT: probe})

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import RequestTimeout, render, render_http
+from app.middleware import request_state
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class RequestTimeouts:
             await self.app(scope, receive, send)
             return
         deadline = Deadline(self.timeout_s)
-        scope.setdefault("state", {})["deadline"] = deadline
+        request_state(scope).deadline = deadline
         started = False
 
         async def guarded_send(message: Message) -> None:

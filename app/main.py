@@ -9,25 +9,23 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from time import perf_counter
 from typing import Any
 
 from fastapi import FastAPI
 from sqlalchemy.exc import SQLAlchemyError
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import errors
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker, prepare_schema
 from app.limits import BodyLimit, RequestTimeouts
-from app.observability import RequestContext
+from app.middleware import RequestContext, ServerTiming
 from app.registry import Registry
 from app.routes import allocations, budget_curve, health, metrics, models, outcomes, retrain
 from app.services import models as model_service
 
 log = logging.getLogger(__name__)
 
-# Every /v1 router: a key is checked before anything else (app.auth.require_scope).
+# Every /v1 route: a key is checked before anything else (app.auth's AllocateKey, ReadKey, ...).
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "The body is not decodable (e.g. invalid UTF-8)"},
     401: {"description": "Missing, unknown or revoked API key"},
@@ -40,35 +38,6 @@ DESCRIPTION = """Chooses one marketing treatment per customer under a budget: an
 (trained with decision-focused causal learning) predicts revenue and cost per treatment, a
 Lagrangian dual solver picks the assignment, and every allocation is stored for audit.
 Errors are JSON `{"error": ..., "detail": ...}`."""
-
-
-class ServerTiming:
-    """Adds `Server-Timing` once the transaction has committed.
-
-    Stages: encode, infer, solve, db (insert), commit, and total (request in -> response out,
-    so total minus the stages is HTTP, JSON parsing/validation and response serialisation).
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        started = perf_counter()
-
-        async def send_with_timing(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                timings = scope.get("state", {}).get("timings_ms")
-                if timings:
-                    total = {"total": (perf_counter() - started) * 1e3}
-                    value = ", ".join(f"{k};dur={v:.2f}" for k, v in {**timings, **total}.items())
-                    message["headers"] = [*message["headers"], (b"server-timing", value.encode())]
-            await send(message)
-
-        await self.app(scope, receive, send_with_timing)
 
 
 def _load_active(app: FastAPI) -> None:

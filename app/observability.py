@@ -1,4 +1,4 @@
-"""Prometheus metrics, request ids and JSON logs.
+"""Prometheus metrics, request ids and JSON logs (app/middleware.py records them per request).
 
 Metrics are per process (prometheus-client's model), so they are module-level instruments.
 With several uvicorn workers each process counts its own share; set PROMETHEUS_MULTIPROC_DIR
@@ -11,12 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
-import uuid
 from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from time import perf_counter
 from typing import Any
 
 from prometheus_client import (
@@ -32,9 +29,8 @@ from prometheus_client import (
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.tables import RetrainJob
+from app.tables import Allocation, RetrainJob
 
 log = logging.getLogger("app.access")
 
@@ -146,8 +142,6 @@ def render_metrics() -> tuple[bytes, str]:
 # --- request ids and logs -------------------------------------------------------------------
 
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_QUIET_ROUTES = ("/healthz", "/readyz", "/metrics")
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "request_id"}
 
 
@@ -208,62 +202,7 @@ def logging_config(level: str, fmt: str) -> dict[str, Any]:
     }
 
 
-class RequestContext:
-    """Outermost middleware: request id (X-Request-ID in and out), metrics, one log line each."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        rid = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
-        token = request_id.set(rid)
-        state = scope.setdefault("state", {})
-        started = perf_counter()
-        status, replayed = 500, False
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status, replayed
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                replayed = any(k == b"idempotent-replayed" for k, _ in message["headers"])
-                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        except Exception:
-            log.exception("unhandled error")
-            raise
-        finally:
-            elapsed = perf_counter() - started
-            route = getattr(scope.get("route"), "path_format", None) or "<unmatched>"
-            labels = {"method": scope["method"], "route": route, "status": str(status)}
-            HTTP_REQUESTS.labels(**labels).inc()
-            HTTP_SECONDS.labels(**labels).observe(elapsed)
-            if replayed:
-                IDEMPOTENT_REPLAYS.labels(route=route).inc()
-            if status == 201 and state.get("allocation") is not None:
-                _record_allocation(state["allocation"], state.get("timings_ms") or {})
-            app_state = getattr(scope.get("app"), "state", None)  # set by the lifespan
-            model = getattr(getattr(app_state, "registry", None), "active", None)
-            record_active_model(model.version if model is not None else None)
-            log.log(
-                logging.DEBUG if scope["path"] in _QUIET_ROUTES else logging.INFO,
-                "%s %s %d %.1f ms",
-                scope["method"],
-                scope["path"],
-                status,
-                elapsed * 1e3,
-                extra={"status": status, "route": route, "duration_ms": round(elapsed * 1e3, 2)},
-            )
-            request_id.reset(token)
-
-
-def _record_allocation(allocation: Any, timings_ms: dict[str, float]) -> None:
+def record_allocation(allocation: Allocation, timings_ms: dict[str, float]) -> None:
     """Business metrics of one allocation the client received."""
     ALLOCATIONS.labels(model_version=allocation.model_version).inc()
     CUSTOMERS.inc(allocation.n_customers)

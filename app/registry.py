@@ -8,7 +8,6 @@ atomically, so a request that already took a model keeps it until it finishes.
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import tempfile
 import threading
@@ -16,13 +15,13 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
+from app.core.model_card import CARD_FILE, GRAPH_FILE, VERSION_PATTERN
 from app.errors import InvalidModel, NotFound
 from app.inference import OnnxModel, read_card
 
 log = logging.getLogger(__name__)
 
-VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-SERVED_FILES = ("model.onnx", "model.json")
+SERVED_FILES = (GRAPH_FILE, CARD_FILE)
 # After a failed load of the version the database calls active, wait before trying again.
 _RETRY_S = 30.0
 
@@ -121,10 +120,7 @@ class Registry:
         """
         if not source.is_dir():
             raise InvalidModel(f"{source} is not a directory")
-        card = read_card(source)
-        version = str(card["version"])
-        if not VERSION_PATTERN.match(version):
-            raise InvalidModel(f"{source}/model.json: version {version!r} is not a valid name")
+        version = read_card(source).version  # a valid directory name (the card checks it)
         OnnxModel.load(source, threads=self.threads)  # refuse before copying anything
         target = self.models_dir / version
         if source.resolve() != target.resolve():

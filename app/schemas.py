@@ -93,6 +93,8 @@ class AllocationCreate(BaseModel):
 class DecisionRead(BaseModel):
     """The treatment chosen for one customer and what the model expects from it."""
 
+    model_config = ConfigDict(from_attributes=True)
+
     customer_id: str
     treatment: int = Field(description="Treatment index 0..K-1 (0 is usually control).")
     treatment_name: str
@@ -133,6 +135,20 @@ class AllocationRead(AllocationSummary):
     decisions_next_offset: int | None = Field(
         None, description="Pass as `offset` to get the next page; null on the last page."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_page(cls, data: Any) -> Any:
+        """Read a service's page (`allocation`, `decisions`, `offset`, `next_offset`) flat."""
+        allocation = getattr(data, "allocation", None)
+        if allocation is None:
+            return data
+        return {
+            **dict(AllocationSummary.model_validate(allocation)),
+            "decisions": data.decisions,
+            "decisions_offset": data.offset,
+            "decisions_next_offset": data.next_offset,
+        }
 
 
 class AllocationPage(BaseModel):
@@ -182,7 +198,7 @@ class Readiness(BaseModel):
     detail: str | None = None
 
 
-# --- closing the loop (issue 6): outcomes, retraining, budget what-if ---------------------
+# --- closing the loop: outcomes, retraining, budget what-if -------------------------------
 
 
 class OutcomeIn(BaseModel):
@@ -209,6 +225,8 @@ class OutcomesCreate(BaseModel):
 
 
 class OutcomesWritten(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     allocation_id: uuid.UUID
     n_written: int = Field(description="Rows inserted or replaced by this call.")
     n_outcomes: int = Field(description="Outcomes now stored for the allocation.")
@@ -216,6 +234,8 @@ class OutcomesWritten(BaseModel):
 
 class OutcomeRead(BaseModel):
     """A stored outcome with the decision it belongs to."""
+
+    model_config = ConfigDict(from_attributes=True)
 
     customer_id: str
     revenue: float
@@ -228,6 +248,8 @@ class OutcomeRead(BaseModel):
 
 class OutcomePage(BaseModel):
     """One page of an allocation's outcomes, in request order."""
+
+    model_config = ConfigDict(from_attributes=True)
 
     allocation_id: uuid.UUID
     items: list[OutcomeRead]
@@ -287,6 +309,15 @@ class RetrainRead(BaseModel):
     error: str | None
     log_tail: list[str] = Field(default_factory=list)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _from_view(cls, data: Any) -> Any:
+        """Read a service's job view (`job` row plus `log_tail`) flat; a bare row has no log."""
+        job = getattr(data, "job", None)
+        if job is None:
+            return data
+        return {**dict(RetrainRead.model_validate(job)), "log_tail": data.log_tail}
+
 
 class BudgetCurveCreate(BaseModel):
     """Customers and budgets: what each budget would buy (nothing is stored)."""
@@ -313,6 +344,8 @@ class BudgetCurveCreate(BaseModel):
 
 
 class BudgetPoint(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     budget: float = Field(description="As requested (total, or per customer if per_capita).")
     budget_total: float
     feasible: bool = Field(description="False below the cheapest assignment's cost.")
@@ -324,6 +357,8 @@ class BudgetPoint(BaseModel):
 
 
 class BudgetCurveRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     model_version: str
     n_customers: int
     per_capita: bool

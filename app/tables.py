@@ -71,8 +71,8 @@ class Allocation(Base):
     n_customers: Mapped[int] = mapped_column(Integer)
     expected_revenue: Mapped[float] = mapped_column(Double)
     expected_cost: Mapped[float] = mapped_column(Double)
-    # Exploration (issue 6): share of customers given a uniformly random treatment, and the
-    # seed of this allocation's draw, so it can be reproduced from the stored features.
+    # Exploration: share of customers given a uniformly random treatment, and the seed of this
+    # allocation's draw, so it can be reproduced from the stored features.
     exploration_rate: Mapped[float] = mapped_column(Double, default=0.0, server_default=text("0"))
     seed: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     n_explored: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))

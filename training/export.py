@@ -1,11 +1,14 @@
 """ONNX export of the target network + model.json, with an onnxruntime-vs-torch parity check.
 
-The model directory contract (brief): model.onnx with input `features` float32 [batch, F] and
-outputs `revenue`, `cost` float32 [batch, K], opset 17; model.json describing it.
+The directory it writes is the model contract of `app/core/model_card.py` (input and output
+names, shapes, the card's fields); nothing here restates it. `write_model_dir` exports any
+torch module that maps features (B, F) to (revenue, cost) (B, K) each: training uses it through
+`export`, and tests and benchmarks build their small ONNX models with it too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import importlib.metadata
 import io
@@ -18,10 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from app.core.model_card import CARD_FILE, GRAPH_FILE, INPUT, OPSET, OUTPUTS, ModelCard
 from training.nets import OutcomeNet
 
-OPSET = 17
-FORMAT_VERSION = 1
 CHECKPOINT = "checkpoint.pt"
 PARITY_RTOL = 1e-4
 PARITY_ATOL = 1e-6
@@ -44,40 +46,29 @@ def new_version(method: str, now: dt.datetime) -> str:
     return f"{now:%Y%m%d-%H%M%S}-{method}-{uuid.uuid4().hex[:6]}"
 
 
-class _Exported(torch.nn.Module):
-    """Wrapper fixing the output order (revenue, cost) of the graph."""
-
-    def __init__(self, net: OutcomeNet) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.net(features)
-
-
-def onnx_bytes(net: OutcomeNet) -> bytes:
-    """Serialise the network to ONNX with a dynamic batch axis."""
+def onnx_bytes(net: torch.nn.Module, n_features: int) -> bytes:
+    """Serialise features (B, F) -> (revenue, cost) to ONNX with a dynamic batch axis."""
     net = net.eval()
-    example = torch.zeros(2, net.n_features)
+    example = torch.zeros(2, n_features)
     buf = io.BytesIO()
     with (
         warnings.catch_warnings()
     ):  # the TorchScript exporter is deprecated but needs no onnxscript
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            _Exported(net),
+            net,
             (example,),
             buf,  # type: ignore[arg-type]  # stubs say path; a file-like object works (docs)
-            input_names=["features"],
-            output_names=["revenue", "cost"],
-            dynamic_axes={"features": {0: "batch"}, "revenue": {0: "batch"}, "cost": {0: "batch"}},
+            input_names=[INPUT],
+            output_names=list(OUTPUTS),
+            dynamic_axes={name: {0: "batch"} for name in (INPUT, *OUTPUTS)},
             opset_version=OPSET,
             dynamo=False,
         )
     return buf.getvalue()
 
 
-def check_parity(net: OutcomeNet, model: bytes, features: np.ndarray) -> float:
+def check_parity(net: torch.nn.Module, model: bytes, features: np.ndarray) -> float:
     """Run onnxruntime and torch on the batch (N, F) and its first row; raise ExportError on drift.
 
     Returns the max relative difference seen.
@@ -90,8 +81,8 @@ def check_parity(net: OutcomeNet, model: bytes, features: np.ndarray) -> float:
         x = np.ascontiguousarray(batch, dtype=np.float32)
         with torch.no_grad():
             want = [t.numpy() for t in net.eval()(torch.from_numpy(x))]
-        got = session.run(["revenue", "cost"], {"features": x})
-        for name, w, g in zip(("revenue", "cost"), want, got, strict=True):
+        got = session.run(list(OUTPUTS), {INPUT: x})
+        for name, w, g in zip(OUTPUTS, want, got, strict=True):
             if g.shape != w.shape or g.dtype != np.float32:
                 raise ExportError(
                     f"onnx output {name} has shape {g.shape} {g.dtype}, want {w.shape}"
@@ -107,7 +98,7 @@ def check_parity(net: OutcomeNet, model: bytes, features: np.ndarray) -> float:
 
 
 def save_checkpoint(
-    out_dir: Path, net: OutcomeNet, meta: dict[str, Any], val_features: np.ndarray
+    out_dir: Path, net: OutcomeNet, fields: dict[str, Any], val_features: np.ndarray
 ) -> Path:
     """Everything `dfcl export` needs to rebuild the network and its model.json."""
     path = Path(out_dir) / CHECKPOINT
@@ -116,8 +107,8 @@ def save_checkpoint(
             "state_dict": net.state_dict(),
             "n_features": net.n_features,
             "n_treatments": net.n_treatments,
-            "hidden": list(meta["config"]["hidden"]),
-            "meta": meta,
+            "hidden": list(fields["config"]["hidden"]),
+            "card_fields": fields,
             "val_features": torch.from_numpy(np.asarray(val_features[:512], dtype=np.float32)),
         },
         path,
@@ -136,47 +127,69 @@ def load_checkpoint(out_dir: Path) -> tuple[OutcomeNet, dict[str, Any], np.ndarr
         net.load_state_dict(data["state_dict"])
     except Exception as exc:  # torch raises many types for a corrupt file
         raise ValueError(f"{path}: cannot load checkpoint: {exc}") from exc
-    return net, data["meta"], data["val_features"].numpy()
+    fields = data["card_fields"] if "card_fields" in data else data["meta"]  # older checkpoints
+    return net, fields, data["val_features"].numpy()
 
 
-def export(
-    net: OutcomeNet, out_dir: Path, meta: dict[str, Any], val_features: np.ndarray
-) -> dict[str, Any]:
-    """Write model.onnx, check parity on a validation batch, then write model.json (returned).
+def write_model_dir(
+    net: torch.nn.Module, out_dir: Path, card: ModelCard, probe: np.ndarray
+) -> ModelCard:
+    """Write model.onnx, check parity on the probe batch (N, F), then write model.json.
 
-    meta holds method, treatments, feature_spec, training_data, validation and config.
+    The card must describe the graph (F inputs, K outputs per row); the returned card records
+    the parity check in `validation`. No model.json is left behind if any step fails.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if val_features.ndim != 2 or val_features.shape[1] != net.n_features or len(val_features) == 0:
-        raise ValueError(
-            f"validation batch must be (N>0, {net.n_features}), got {val_features.shape}"
+    if probe.ndim != 2 or probe.shape[1] != card.n_features or len(probe) == 0:
+        raise ValueError(f"probe batch must be (N>0, {card.n_features}), got {probe.shape}")
+    (out_dir / CARD_FILE).unlink(missing_ok=True)  # never leave a stale description behind
+    with torch.no_grad():
+        widths = {t.shape[1] for t in net.eval()(torch.zeros(1, card.n_features))}
+    if widths != {card.n_treatments}:
+        raise ExportError(
+            f"the network returns {sorted(widths)} columns per output, the card lists "
+            f"{card.n_treatments} treatments"
         )
-    (out_dir / "model.json").unlink(missing_ok=True)  # never leave a stale description behind
-    model = onnx_bytes(net)
-    (out_dir / "model.onnx").write_bytes(model)
-    max_rel = check_parity(net, model, val_features)
+    model = onnx_bytes(net, card.n_features)
+    (out_dir / GRAPH_FILE).write_bytes(model)
+    max_rel = check_parity(net, model, probe)
+    card = dataclasses.replace(
+        card, validation={**card.validation, "onnx_parity_max_rel_diff": max_rel}
+    )
+    (out_dir / CARD_FILE).write_text(json.dumps(card.to_json(), indent=2) + "\n")
+    return card
+
+
+def export(
+    net: OutcomeNet, out_dir: Path, fields: dict[str, Any], val_features: np.ndarray
+) -> ModelCard:
+    """Export a trained target network with a new version id; returns its card.
+
+    fields: the card fields training knows (method, treatments, feature_spec, training_data,
+    validation, config, and optionally training_seconds, kept in validation).
+    """
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    k = net.n_treatments
-    description = {
-        "format_version": FORMAT_VERSION,
-        "version": new_version(meta["method"], now),
-        "method": meta["method"],
-        "treatments": list(meta["treatments"]),
-        "n_features": net.n_features,
-        "feature_spec": meta["feature_spec"],
-        "outputs": {"revenue": ["batch", k], "cost": ["batch", k]},
-        "training_data": meta["training_data"],
-        "validation": {**meta["validation"], "onnx_parity_max_rel_diff": max_rel},
-        "created_at": now.isoformat().replace("+00:00", "Z"),
-        "package_version": package_version(),
-        "config": meta["config"],
-    }
-    (out_dir / "model.json").write_text(json.dumps(description, indent=2) + "\n")
-    return description
+    validation = dict(fields["validation"])
+    if "training_seconds" in fields:
+        validation["training_seconds"] = fields["training_seconds"]
+    card = ModelCard(
+        version=new_version(fields["method"], now),
+        method=fields["method"],
+        treatments=tuple(str(t) for t in fields["treatments"]),
+        n_features=net.n_features,
+        feature_spec=fields["feature_spec"],
+        outputs=ModelCard.declared_outputs(net.n_treatments),
+        training_data=fields["training_data"],
+        validation=validation,
+        config=fields["config"],
+        created_at=now.isoformat().replace("+00:00", "Z"),
+        package_version=package_version(),
+    )
+    return write_model_dir(net, out_dir, card, val_features)
 
 
-def export_checkpoint(out_dir: Path) -> dict[str, Any]:
+def export_checkpoint(out_dir: Path) -> ModelCard:
     """Re-export a saved checkpoint directory in place (`dfcl export DIR`)."""
-    net, meta, val_features = load_checkpoint(out_dir)
-    return export(net, out_dir, meta, val_features)
+    net, fields, val_features = load_checkpoint(out_dir)
+    return export(net, out_dir, fields, val_features)

@@ -29,8 +29,8 @@ def import_file(
     with registry_transaction() as (session, _):
         written = outcomes.record(session, allocation_id, *columns)
     typer.echo(
-        f"{written['n_written']} outcomes written; allocation {allocation_id} now has "
-        f"{written['n_outcomes']}"
+        f"{written.n_written} outcomes written; allocation {allocation_id} now has "
+        f"{written.n_outcomes}"
     )
 
 

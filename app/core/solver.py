@@ -59,7 +59,7 @@ class InfeasibleBudget(ValueError):
 
 
 @dataclass(frozen=True)
-class Allocation:
+class Solution:
     """One treatment per customer with its totals and the LP multiplier that priced cost."""
 
     treatment: IntArray  # (N,) chosen treatment per customer
@@ -373,9 +373,7 @@ def _repair(state: State, start: State, total: float) -> State:
     return t, cur_c, cur_r
 
 
-def allocate(
-    revenue: object, cost: object, budget: float, *, per_capita: bool = False
-) -> Allocation:
+def allocate(revenue: object, cost: object, budget: float, *, per_capita: bool = False) -> Solution:
     """Best one-treatment-per-customer assignment within budget. revenue, cost: (N, K).
 
     `budget` is the total budget, or the budget per customer when `per_capita` (times N).
@@ -409,13 +407,13 @@ def allocate(
     return _result(state, lam, total)
 
 
-def _result(state: State, lam: float, total: float) -> Allocation:
+def _result(state: State, lam: float, total: float) -> Solution:
     """Package a state with totals recomputed from the chosen entries."""
     t, cur_c, cur_r = state
     spent = float(np.sum(cur_c))
     if spent > total:  # unreachable after _repair; kept as a hard guarantee
         raise AssertionError(f"allocation cost {spent} exceeds budget {total}")
-    return Allocation(t, float(lam), float(np.sum(cur_r)), spent, total)
+    return Solution(t, float(lam), float(np.sum(cur_r)), spent, total)
 
 
 def dual_choice(revenue: object, cost: object, lam: float) -> IntArray:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from app.config import Settings
+from app.core.model_card import ModelCard
 from app.db import make_engine, make_sessionmaker, prepare_schema
 from app.registry import Registry
 from app.services import keys, models
@@ -49,7 +50,7 @@ def available_methods() -> list[str]:
 
 def train_model(
     data: Path, out: Path, method: str, config: dict[str, Any], say: Callable[[str], None]
-) -> dict[str, Any]:
+) -> ModelCard:
     """Train `method` (falling back down PREFERRED_METHODS if it is unavailable) and export.
 
     Only a missing implementation (ImportError / NotImplementedError) triggers the fallback,
@@ -138,10 +139,10 @@ def run(
     simulate_data(data, n_obs=n_obs, n_rct=n_rct, n_test=n_test, seed=seed)
     say(f"2/3 training {method} (this is the slow step)")
     card = train_model(data, workdir / "runs", method, {**config, "seed": seed}, say)
-    model_dir = workdir / "runs" / card["method"]
-    val = card["validation"]
+    model_dir = workdir / "runs" / card.method
+    val = card.validation
     say(
-        f"    trained {card['method']}: validation EOM area {val['eom_area']:.4f}, "
+        f"    trained {card.method}: validation EOM area {val['eom_area']:.4f}, "
         f"selected {val['selected_phase']} (default {val['default_phase']})"
     )
     version = register_and_activate(settings, model_dir)
@@ -149,4 +150,4 @@ def run(
     api_key = create_key(settings)
     say(f"    API key (allocate, read; shown once, stored hashed): {api_key}")
     curl = curl_example(settings, example_body(data), settings.host, settings.port, api_key)
-    return DemoResult(data, model_dir, version, card["method"], curl, api_key)
+    return DemoResult(data, model_dir, version, card.method, curl, api_key)

@@ -6,11 +6,11 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from app.auth import AllocateKey, require_scope
-from app.deps import RegistryDep, SessionDep, SettingsDep
+from app.auth import AllocateKey, ReadKey
+from app.deps import RegistryDep, RequestStateDep, SessionDep, SettingsDep
 from app.routes.idempotent import IDEMPOTENCY_ERRORS, IdempotencyKey, respond_once
 from app.schemas import AllocationCreate, AllocationPage, AllocationRead, AllocationSummary
 from app.services import allocations
@@ -39,6 +39,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 def create_allocation(
     body: AllocationCreate,
     request: Request,
+    state: RequestStateDep,
     session: SessionDep,
     registry: RegistryDep,
     settings: SettingsDep,
@@ -55,15 +56,16 @@ def create_allocation(
             max_customers=settings.max_customers,
             exploration_rate=settings.exploration_rate,
         )
-        request.state.timings_ms = created.timings_ms  # Server-Timing header, added after commit
-        request.state.allocation = created.allocation  # counted in /metrics once sent
-        return 201, AllocationRead.model_validate(created.body).model_dump_json().encode()
+        state.timings_ms = created.timings_ms  # Server-Timing header, added after commit
+        state.allocation = created.result.allocation  # counted in /metrics once sent
+        return 201, AllocationRead.model_validate(created.result).model_dump_json().encode()
 
     return respond_once(request, session, settings, principal, idempotency_key, body, produce)
 
 
-@router.get("", response_model=AllocationPage, dependencies=[Depends(require_scope("read"))])
+@router.get("", response_model=AllocationPage)
 def list_allocations(
+    principal: ReadKey,
     session: SessionDep,
     settings: SettingsDep,
     campaign: str | None = None,
@@ -91,16 +93,16 @@ def list_allocations(
     "/{allocation_id}",
     response_model=AllocationRead,
     responses={404: _ERRORS[404]},
-    dependencies=[Depends(require_scope("read"))],
 )
 def get_allocation(
     allocation_id: uuid.UUID,
+    principal: ReadKey,
     session: SessionDep,
     settings: SettingsDep,
     limit: Annotated[int, Query(ge=1, description="Decisions per page")] = 1000,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
-) -> dict[str, Any]:
+) -> AllocationRead:
     """One allocation with a page of its decisions in request order."""
-    return allocations.get(
-        session, allocation_id, limit=min(limit, settings.max_page_size), offset=offset
-    )
+    limit = min(limit, settings.max_page_size)
+    found = allocations.get(session, allocation_id, limit=limit, offset=offset)
+    return AllocationRead.model_validate(found)

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from fastapi import APIRouter
 
-from fastapi import APIRouter, Depends
-
-from app.auth import require_scope
+from app.auth import AllocateKey
 from app.deps import RegistryDep, SessionDep, SettingsDep
 from app.schemas import BudgetCurveCreate, BudgetCurveRead
 from app.services import budget_curve
 
-router = APIRouter(
-    prefix="/v1/budget-curve",
-    tags=["budget what-if"],
-    dependencies=[Depends(require_scope("allocate"))],  # runs the model like an allocation
-)
+router = APIRouter(prefix="/v1/budget-curve", tags=["budget what-if"])
 
 
 @router.post(
@@ -29,7 +23,12 @@ router = APIRouter(
     },
 )
 def budget_what_if(
-    body: BudgetCurveCreate, session: SessionDep, registry: RegistryDep, settings: SettingsDep
-) -> dict[str, Any]:
+    body: BudgetCurveCreate,
+    principal: AllocateKey,  # runs the model like an allocation
+    session: SessionDep,
+    registry: RegistryDep,
+    settings: SettingsDep,
+) -> BudgetCurveRead:
     """Expected revenue and cost of the best allocation at each budget, from one model call."""
-    return budget_curve.curve(session, registry, body, max_customers=settings.max_customers)
+    found = budget_curve.curve(session, registry, body, max_customers=settings.max_customers)
+    return BudgetCurveRead.model_validate(found)

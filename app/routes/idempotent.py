@@ -45,7 +45,7 @@ def respond_once(
     request_sha256 = (
         "" if key is None else idempotency.fingerprint(request.method, request.url.path, body)
     )
-    outcome = idempotency.run_once(
+    answer = idempotency.run_once(
         session,
         principal=principal.key_id,
         key=key,
@@ -53,7 +53,7 @@ def respond_once(
         ttl=timedelta(hours=settings.idempotency_ttl_h),
         produce=produce,
     )
-    headers = {idempotency.REPLAY_HEADER: "true"} if outcome.replayed else None
+    headers = {idempotency.REPLAY_HEADER: "true"} if answer.replayed else None
     return Response(
-        outcome.content, outcome.status_code, headers=headers, media_type="application/json"
+        answer.content, answer.status_code, headers=headers, media_type="application/json"
     )

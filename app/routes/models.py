@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
-from app.auth import require_scope
+from app.auth import AdminKey, ReadKey
 from app.deps import RegistryDep, SessionDep
 from app.schemas import ModelRegister, ModelVersionRead
 from app.services import models
@@ -20,12 +20,8 @@ _REFUSED: dict[int | str, dict[str, Any]] = {
 }
 
 
-_READ = [Depends(require_scope("read"))]
-_ADMIN = [Depends(require_scope("admin"))]
-
-
-@router.get("", response_model=list[ModelVersionRead], dependencies=_READ)
-def list_models(session: SessionDep) -> list[ModelVersion]:
+@router.get("", response_model=list[ModelVersionRead])
+def list_models(principal: ReadKey, session: SessionDep) -> list[ModelVersion]:
     """Every registered version, newest first."""
     return models.list_versions(session)
 
@@ -34,9 +30,8 @@ def list_models(session: SessionDep) -> list[ModelVersion]:
     "/active",
     response_model=ModelVersionRead,
     responses={404: {"description": "None"}},
-    dependencies=_READ,
 )
-def get_active_model(session: SessionDep) -> ModelVersion:
+def get_active_model(principal: ReadKey, session: SessionDep) -> ModelVersion:
     """The version new allocations use."""
     return models.get_active(session)
 
@@ -46,9 +41,10 @@ def get_active_model(session: SessionDep) -> ModelVersion:
     status_code=201,
     response_model=ModelVersionRead,
     responses={**_REFUSED, 409: {"description": "Version already registered"}},
-    dependencies=_ADMIN,
 )
-def register_model(body: ModelRegister, session: SessionDep, registry: RegistryDep) -> ModelVersion:
+def register_model(
+    body: ModelRegister, principal: AdminKey, session: SessionDep, registry: RegistryDep
+) -> ModelVersion:
     """Admin: copy a model directory on the server (e.g. from `dfcl train`) into the registry."""
     return models.register(session, registry, Path(body.path))
 
@@ -57,8 +53,9 @@ def register_model(body: ModelRegister, session: SessionDep, registry: RegistryD
     "/{version}/activate",
     response_model=ModelVersionRead,
     responses={**_REFUSED, 404: {"description": "Unknown version"}},
-    dependencies=_ADMIN,
 )
-def activate_model(version: str, session: SessionDep, registry: RegistryDep) -> ModelVersion:
+def activate_model(
+    version: str, principal: AdminKey, session: SessionDep, registry: RegistryDep
+) -> ModelVersion:
     """Check and load a registered version, then serve it; in-flight requests finish on the old."""
     return models.activate(session, registry, version)

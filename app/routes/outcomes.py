@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from app.auth import AllocateKey, require_scope
+from app.auth import AllocateKey, ReadKey
 from app.deps import SessionDep, SettingsDep
 from app.routes.allocations import MAX_OFFSET
 from app.routes.idempotent import IDEMPOTENCY_ERRORS, IdempotencyKey, respond_once
@@ -56,16 +56,16 @@ def record_outcomes(
     "/{allocation_id}/outcomes",
     response_model=OutcomePage,
     responses={404: {"description": "Unknown allocation"}},
-    dependencies=[Depends(require_scope("read"))],
 )
 def list_outcomes(
     allocation_id: uuid.UUID,
+    principal: ReadKey,
     session: SessionDep,
     settings: SettingsDep,
     limit: Annotated[int, Query(ge=1)] = 1000,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
-) -> dict[str, Any]:
+) -> OutcomePage:
     """Stored outcomes in request order, each with its decision's treatment and propensity."""
-    return outcomes.list_page(
-        session, allocation_id, limit=min(limit, settings.max_page_size), offset=offset
-    )
+    limit = min(limit, settings.max_page_size)
+    page = outcomes.list_page(session, allocation_id, limit=limit, offset=offset)
+    return OutcomePage.model_validate(page)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request
+from fastapi import APIRouter, BackgroundTasks, Query, Request
 
-from app.auth import require_scope
+from app.auth import AdminKey, ReadKey
 from app.deps import SessionDep, SettingsDep
 from app.jobs import runner
 from app.schemas import RetrainCreate, RetrainRead
@@ -21,37 +21,35 @@ router = APIRouter(prefix="/v1/retrain", tags=["retraining"])
     status_code=202,
     response_model=RetrainRead,
     responses={409: {"description": "A retraining job is already in progress"}},
-    dependencies=[Depends(require_scope("admin"))],
 )
 def start_retraining(
     body: RetrainCreate,
+    principal: AdminKey,
     request: Request,
     background: BackgroundTasks,
     session: SessionDep,
     settings: SettingsDep,
-) -> dict[str, Any]:
+) -> RetrainRead:
     """Queue a job; its process starts once the job is committed. Follow it with GET."""
     job = retrain.start(session, settings, body)
     # Background tasks run after the response, i.e. after the session dependency committed.
     background.add_task(runner.launch, request.app.state.sessionmaker, settings, job.id)
-    return {**{c: getattr(job, c) for c in RetrainRead.model_fields if hasattr(job, c)},
-            "log_tail": []}  # fmt: skip
+    return RetrainRead.model_validate(job)  # nothing logged yet
 
 
-@router.get("", response_model=list[RetrainRead], dependencies=[Depends(require_scope("read"))])
+@router.get("", response_model=list[RetrainRead])
 def list_retraining(
-    session: SessionDep, limit: Annotated[int, Query(ge=1, le=100)] = 20
-) -> list[dict[str, Any]]:
+    principal: ReadKey, session: SessionDep, limit: Annotated[int, Query(ge=1, le=100)] = 20
+) -> list[RetrainRead]:
     """Recent jobs, newest first (without logs)."""
-    return retrain.list_jobs(session, limit=limit)
+    return [RetrainRead.model_validate(job) for job in retrain.list_jobs(session, limit=limit)]
 
 
 @router.get(
     "/{job_id}",
     response_model=RetrainRead,
     responses={404: {"description": "Unknown job"}},
-    dependencies=[Depends(require_scope("read"))],
 )
-def get_retraining(job_id: uuid.UUID, session: SessionDep) -> dict[str, Any]:
+def get_retraining(job_id: uuid.UUID, principal: ReadKey, session: SessionDep) -> RetrainRead:
     """Status, log tail, new version, metrics and the champion/challenger comparison."""
-    return retrain.read(session, job_id)
+    return RetrainRead.model_validate(retrain.read(session, job_id))

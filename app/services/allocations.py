@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from time import perf_counter
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
 from sqlalchemy import Table, insert, select
@@ -19,7 +19,7 @@ from app.db import begin_write
 from app.errors import InvalidInput, ModelOutputInvalid, NotFound, TooManyCustomers
 from app.inference import OnnxModel
 from app.registry import Registry
-from app.schemas import AllocationCreate, CustomerIn
+from app.schemas import AllocationCreate, CustomerIn, FeatureValue
 from app.services import models
 from app.services.exploration import allocate_with_exploration, new_seed
 from app.tables import Allocation, Decision, ModelVersion
@@ -27,13 +27,35 @@ from app.tables import Allocation, Decision, ModelVersion
 _ROW = re.compile(r"\brow (\d+)\b")
 
 
-@dataclass
-class Created:
-    """A stored allocation, the response body and where the time went (ms per stage)."""
+@dataclass(frozen=True, slots=True)
+class DecisionView:
+    """The treatment chosen for one customer, by name too, and what the model expects of it."""
+
+    customer_id: str
+    treatment: int
+    treatment_name: str
+    expected_revenue: float
+    expected_cost: float
+    propensity: float
+    explored: bool
+
+
+@dataclass(frozen=True)
+class AllocationWithDecisions:
+    """A stored allocation with one page of its decisions, in request order."""
 
     allocation: Allocation
-    body: dict[str, Any]
-    timings_ms: dict[str, float] = field(default_factory=dict)
+    decisions: list[DecisionView]
+    offset: int
+    next_offset: int | None  # None on the last page
+
+
+@dataclass(frozen=True)
+class Created:
+    """A stored allocation with all its decisions, and where the time went (ms per stage)."""
+
+    result: AllocationWithDecisions
+    timings_ms: dict[str, float]
 
 
 def _encode(model: OnnxModel, customers: list[CustomerIn]) -> np.ndarray:
@@ -69,7 +91,7 @@ def _insert_decisions(
     session: Session,
     allocation_id: uuid.UUID,
     columns: tuple[list[str], list[int], list[float], list[float], list[float], list[bool]],
-    features: list[dict[str, Any]],
+    features: list[dict[str, FeatureValue]],
 ) -> None:
     """Write all N decision rows in one bulk operation (never a per-row ORM loop).
 
@@ -187,15 +209,7 @@ def create(
     )
     names = model.treatments
     decisions = [
-        {
-            "customer_id": customer_id,
-            "treatment": t,
-            "treatment_name": names[t],
-            "expected_revenue": r,
-            "expected_cost": c,
-            "propensity": p,
-            "explored": e,
-        }
+        DecisionView(customer_id, t, names[t], r, c, p, e)
         for customer_id, t, r, c, p, e in zip(*columns, strict=True)
     ]
     t4 = perf_counter()
@@ -211,35 +225,12 @@ def create(
         "respond": (t4 - t3) * 1e3,
         "db": (t5 - t4) * 1e3,
     }
-    return Created(allocation, _read(allocation, decisions, 0, None), timings)
+    return Created(AllocationWithDecisions(allocation, decisions, 0, None), timings)
 
 
-def _read(
-    allocation: Allocation, decisions: list[dict[str, Any]], offset: int, next_offset: int | None
-) -> dict[str, Any]:
-    """Response body of one allocation with a page of its decisions."""
-    return {
-        "id": allocation.id,
-        "created_at": allocation.created_at,
-        "campaign": allocation.campaign,
-        "model_version": allocation.model_version,
-        "budget": allocation.budget,
-        "per_capita": allocation.per_capita,
-        "budget_total": allocation.budget_total,
-        "multiplier": allocation.multiplier,
-        "n_customers": allocation.n_customers,
-        "expected_revenue": allocation.expected_revenue,
-        "expected_cost": allocation.expected_cost,
-        "exploration_rate": allocation.exploration_rate,
-        "seed": allocation.seed,
-        "n_explored": allocation.n_explored,
-        "decisions": decisions,
-        "decisions_offset": offset,
-        "decisions_next_offset": next_offset,
-    }
-
-
-def get(session: Session, allocation_id: uuid.UUID, *, limit: int, offset: int) -> dict[str, Any]:
+def get(
+    session: Session, allocation_id: uuid.UUID, *, limit: int, offset: int
+) -> AllocationWithDecisions:
     """One stored allocation with decisions[offset:offset+limit] in request order, or 404."""
     allocation = session.get(Allocation, allocation_id)
     if allocation is None:
@@ -255,19 +246,20 @@ def get(session: Session, allocation_id: uuid.UUID, *, limit: int, offset: int) 
         .limit(limit)
     )
     decisions = [
-        {
-            "customer_id": d.customer_id,
-            "treatment": d.treatment,
-            "treatment_name": names[d.treatment] if d.treatment < len(names) else str(d.treatment),
-            "expected_revenue": d.expected_revenue,
-            "expected_cost": d.expected_cost,
-            "propensity": d.propensity,
-            "explored": d.explored,
-        }
+        DecisionView(
+            d.customer_id,
+            d.treatment,
+            names[d.treatment] if d.treatment < len(names) else str(d.treatment),
+            d.expected_revenue,
+            d.expected_cost,
+            d.propensity,
+            d.explored,
+        )
         for d in session.scalars(stmt)
     ]
     end = offset + len(decisions)
-    return _read(allocation, decisions, offset, end if end < allocation.n_customers else None)
+    next_offset = end if end < allocation.n_customers else None
+    return AllocationWithDecisions(allocation, decisions, offset, next_offset)
 
 
 def list_page(

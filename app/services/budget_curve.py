@@ -7,7 +7,7 @@ Nothing is stored.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -18,9 +18,42 @@ from app.schemas import BudgetCurveCreate
 from app.services.allocations import predict_customers
 
 
+@dataclass(frozen=True, slots=True)
+class CurvePoint:
+    """What one budget buys; the totals and multiplier are None when it is infeasible."""
+
+    budget: float  # as requested (total, or per customer if per_capita)
+    budget_total: float
+    feasible: bool
+    expected_revenue: float | None
+    expected_cost: float | None
+    multiplier: float | None
+
+
+@dataclass(frozen=True)
+class BudgetWhatIf:
+    """The points of one what-if, with the budgets between which they are worth looking at."""
+
+    model_version: str
+    n_customers: int
+    per_capita: bool
+    min_budget: float  # everyone's cheapest treatment
+    max_useful_budget: float  # everyone's best treatment: more budget buys nothing
+    points: list[CurvePoint]
+
+
+def _point(revenue: np.ndarray, cost: np.ndarray, budget: float, total: float) -> CurvePoint:
+    """Solve at one total budget; below the cheapest assignment the point is infeasible."""
+    try:
+        solution = allocate(revenue, cost, total)
+    except InfeasibleBudget:
+        return CurvePoint(budget, total, False, None, None, None)
+    return CurvePoint(budget, total, True, solution.revenue, solution.cost, solution.lam)
+
+
 def curve(
     session: Session, registry: Registry, body: BudgetCurveCreate, *, max_customers: int
-) -> dict[str, Any]:
+) -> BudgetWhatIf:
     """Predict once, solve at every budget; points in the order of the requested budgets."""
     n_customers = len(body.customers)
     predicted = predict_customers(
@@ -35,27 +68,6 @@ def curve(
         budgets = np.asarray(body.budgets, dtype=np.float64)
     else:
         budgets = np.linspace(min_budget, max(max_useful, min_budget), body.n_budgets) / scale
-    points = []
-    for budget in budgets.tolist():  # loop over the grid; each solve is vectorised
-        total = budget * scale
-        try:
-            solution = allocate(revenue, cost, total)
-        except InfeasibleBudget:
-            points.append(
-                {"budget": budget, "budget_total": total, "feasible": False,
-                 "expected_revenue": None, "expected_cost": None, "multiplier": None}
-            )  # fmt: skip
-            continue
-        points.append(
-            {"budget": budget, "budget_total": total, "feasible": True,
-             "expected_revenue": solution.revenue, "expected_cost": solution.cost,
-             "multiplier": solution.lam}
-        )  # fmt: skip
-    return {
-        "model_version": model.version,
-        "n_customers": n_customers,
-        "per_capita": body.per_capita,
-        "min_budget": min_budget,
-        "max_useful_budget": max_useful,
-        "points": points,
-    }
+    # One solve per budget of the grid; each solve is vectorised.
+    points = [_point(revenue, cost, budget, budget * scale) for budget in budgets.tolist()]
+    return BudgetWhatIf(model.version, n_customers, body.per_capita, min_budget, max_useful, points)

@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from app.core._types import FloatArray, IntArray
-from app.core.solver import Allocation, InfeasibleBudget, allocate, dual_choice
+from app.core.solver import InfeasibleBudget, Solution, allocate, dual_choice
 from app.errors import InvalidInput
 
 SEED_LIMIT = 2**63  # seeds fit a signed 64-bit column
@@ -85,7 +85,7 @@ def allocate_with_exploration(
     lam = 0.0
     remaining = budget - explored_cost
     rest_min = float(cost[rest].min(axis=1).sum()) if rest.any() else 0.0
-    solution: Allocation | None = None
+    solution: Solution | None = None
     if remaining >= max(rest_min, 0.0):
         try:
             solution = allocate(revenue[rest], cost[rest], remaining) if rest.any() else None

@@ -27,8 +27,8 @@ REPLAY_HEADER = "Idempotent-Replayed"
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """The response to send: status, JSON bytes, and whether it is a stored one."""
+class IdempotentResponse:
+    """The response to send: status, JSON bytes, and whether it replays a stored one."""
 
     status_code: int
     content: bytes
@@ -47,7 +47,7 @@ def fingerprint(method: str, path: str, body: BaseModel) -> str:
 
 def _stored(
     session: Session, principal: str, key: str, request_sha256: str, cutoff: datetime
-) -> Outcome | None:
+) -> IdempotentResponse | None:
     """The live record's response, None if there is none, Conflict if the request differs."""
     row = session.get(IdempotencyRecord, (principal, key), populate_existing=True)
     if row is None:
@@ -60,7 +60,7 @@ def _stored(
             f"Idempotency-Key {key!r} was already used with a different request "
             f"(at {row.created_at.isoformat()}); use a new key for a new request"
         )
-    return Outcome(row.status_code, row.response.encode(), replayed=True)
+    return IdempotentResponse(row.status_code, row.response.encode(), replayed=True)
 
 
 def run_once(
@@ -71,13 +71,13 @@ def run_once(
     request_sha256: str,
     ttl: timedelta,
     produce: Callable[[], tuple[int, bytes]],
-) -> Outcome:
+) -> IdempotentResponse:
     """Replay the response stored under `key`, else run `produce` and store its response.
 
     `produce` does the work in `session` (not committed) and returns (status, JSON bytes).
     """
     if key is None:
-        return Outcome(*produce())
+        return IdempotentResponse(*produce())
     now = datetime.now(UTC)
     cutoff = now - ttl
     found = _stored(session, principal, key, request_sha256, cutoff)
@@ -110,4 +110,4 @@ def run_once(
         if found is None:
             raise
         return found
-    return Outcome(status, content)
+    return IdempotentResponse(status, content)

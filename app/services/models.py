@@ -45,7 +45,7 @@ def get_active(session: Session) -> ModelVersion:
 
 def register(session: Session, registry: Registry, source: Path) -> ModelVersion:
     """Check `source`, copy it to models/<version>/ and record the version (inactive)."""
-    version = str(read_card(source)["version"]) if source.is_dir() else None
+    version = read_card(source).version if source.is_dir() else None
     if version is not None and session.get(ModelVersion, version) is not None:
         raise Conflict(f"model version {version!r} is already registered")
     model = registry.import_directory(source)
@@ -55,7 +55,7 @@ def register(session: Session, registry: Registry, source: Path) -> ModelVersion
         treatments=list(model.treatments),
         n_features=model.spec.n_features,
         onnx_sha256=file_sha256(model.path / "model.onnx"),
-        card=model.card,
+        card=model.card.to_json(),
         registered_at=datetime.now(UTC),
         is_active=False,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,39 @@ _CHUNK = 2_000  # rows per upsert statement (SQLite caps bound parameters per st
 
 def _shown(ids: list[str]) -> str:
     return ", ".join(repr(i) for i in ids[:_SHOWN]) + (" ..." if len(ids) > _SHOWN else "")
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What one `record` call did: rows written and the allocation's outcome count after it."""
+
+    allocation_id: uuid.UUID
+    n_written: int
+    n_outcomes: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeView:
+    """A stored outcome with the treatment, exploration flag and propensity of its decision."""
+
+    customer_id: str
+    revenue: float
+    cost: float
+    recorded_at: datetime
+    treatment: int
+    explored: bool
+    propensity: float
+
+
+@dataclass(frozen=True)
+class OutcomePageView:
+    """One page of an allocation's outcomes in request order, and how many it has in all."""
+
+    allocation_id: uuid.UUID
+    items: list[OutcomeView]
+    offset: int
+    next_offset: int | None  # None on the last page
+    n_outcomes: int
 
 
 def _check_values(customer_ids: list[str], revenue: FloatArray, cost: FloatArray) -> None:
@@ -60,7 +94,7 @@ def _check_values(customer_ids: list[str], revenue: FloatArray, cost: FloatArray
         )
 
 
-def _upsert(session: Session, rows: list[dict[str, Any]]) -> None:
+def _upsert(session: Session, rows: list[dict[str, object]]) -> None:
     """INSERT ... ON CONFLICT (allocation_id, customer_id) DO UPDATE, on SQLite and PostgreSQL."""
     dialect = session.get_bind().dialect.name
     stmt: Any
@@ -88,7 +122,7 @@ def record(
     customer_ids: list[str],
     revenue: Sequence[float] | FloatArray,
     cost: Sequence[float] | FloatArray,
-) -> dict[str, Any]:
+) -> Recorded:
     """Validate everything first, then upsert all rows; returns counts for the response."""
     revenue_values = np.asarray(revenue, dtype=np.float64)
     cost_values = np.asarray(cost, dtype=np.float64)
@@ -116,7 +150,7 @@ def record(
     stored = session.scalar(
         select(func.count()).select_from(Outcome).where(Outcome.allocation_id == allocation_id)
     )
-    return {"allocation_id": allocation_id, "n_written": len(rows), "n_outcomes": int(stored or 0)}
+    return Recorded(allocation_id, len(rows), int(stored or 0))
 
 
 def read_file(path: Path) -> tuple[list[str], FloatArray, FloatArray]:
@@ -162,7 +196,7 @@ def read_file(path: Path) -> tuple[list[str], FloatArray, FloatArray]:
 
 def list_page(
     session: Session, allocation_id: uuid.UUID, *, limit: int, offset: int
-) -> dict[str, Any]:
+) -> OutcomePageView:
     """Outcomes of one allocation in request order, with each decision's treatment, or 404."""
     allocation = session.get(Allocation, allocation_id)
     if allocation is None:
@@ -181,24 +215,11 @@ def list_page(
     )
     rows = session.execute(stmt).all()
     items = [
-        {
-            "customer_id": o.customer_id,
-            "revenue": o.revenue,
-            "cost": o.cost,
-            "recorded_at": o.recorded_at,
-            "treatment": t,
-            "explored": e,
-            "propensity": p,
-        }
+        OutcomeView(o.customer_id, o.revenue, o.cost, o.recorded_at, t, e, p)
         for o, t, e, p in rows[:limit]
     ]
     total = session.scalar(
         select(func.count()).select_from(Outcome).where(Outcome.allocation_id == allocation_id)
     )
-    return {
-        "allocation_id": allocation_id,
-        "items": items,
-        "offset": offset,
-        "next_offset": offset + limit if len(rows) > limit else None,
-        "n_outcomes": int(total or 0),
-    }
+    next_offset = offset + limit if len(rows) > limit else None
+    return OutcomePageView(allocation_id, items, offset, next_offset, int(total or 0))

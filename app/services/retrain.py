@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -121,22 +122,26 @@ def log_tail(workdir: str, lines: int = LOG_TAIL_LINES) -> list[str]:
     return text.splitlines()[-lines:]
 
 
-def read(session: Session, job_id: uuid.UUID) -> dict[str, Any]:
-    """A job as the API shows it (after failing it if its process died), or 404."""
+@dataclass(frozen=True)
+class RetrainJobView:
+    """A job as the API shows it in detail: its row and the tail of its log."""
+
+    job: RetrainJob
+    log_tail: list[str]
+
+
+def read(session: Session, job_id: uuid.UUID) -> RetrainJobView:
+    """A job (after failing it if its process died) with its log's tail, or 404."""
     fail_dead_jobs(session)
     job = session.get(RetrainJob, job_id)
     if job is None:
         raise NotFound(f"retraining job {job_id} does not exist")
     session.refresh(job)
-    fields = {c: getattr(job, c) for c in RetrainJob.__table__.columns.keys()}  # noqa: SIM118
-    return {**fields, "log_tail": log_tail(job.workdir)}
+    return RetrainJobView(job, log_tail(job.workdir))
 
 
-def list_jobs(session: Session, *, limit: int) -> list[dict[str, Any]]:
+def list_jobs(session: Session, *, limit: int) -> list[RetrainJob]:
     """Newest jobs first, without their logs."""
     fail_dead_jobs(session)
     stmt = select(RetrainJob).order_by(RetrainJob.created_at.desc()).limit(limit)
-    return [
-        {c: getattr(j, c) for c in RetrainJob.__table__.columns.keys()}  # noqa: SIM118
-        for j in session.scalars(stmt)
-    ]
+    return list(session.scalars(stmt))

@@ -107,7 +107,7 @@ def test_bulk_import_uses_the_same_checks(
     with Session(engine) as session, session.begin():
         written = outcomes.record(session, allocation_id, *outcomes.read_file(path))
     engine.dispose()
-    assert written["n_outcomes"] == 40
+    assert written.n_outcomes == 40
     assert client.get(f"/v1/allocations/{alloc['id']}/outcomes").json()["n_outcomes"] == 40
 
 

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.core import solver
-from app.core.solver import Allocation, InfeasibleBudget, allocate, dual_choice
+from app.core.solver import InfeasibleBudget, Solution, allocate, dual_choice
 
 # The HiGHS model of the knapsack lives in the solver benchmark; load it from there.
 _spec = importlib.util.spec_from_file_location(
@@ -49,7 +49,7 @@ def instances(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, float]:
     return revenue, cost, float(budget)
 
 
-def check_feasible(alloc: Allocation, revenue: np.ndarray, cost: np.ndarray, budget: float) -> None:
+def check_feasible(alloc: Solution, revenue: np.ndarray, cost: np.ndarray, budget: float) -> None:
     """The returned assignment is one valid treatment each, its totals match, it fits the budget."""
     rows = np.arange(revenue.shape[0])
     assert alloc.treatment.shape == (revenue.shape[0],)

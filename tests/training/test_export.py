@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from app.core.model_card import OPSET, ModelCard
 from training import export
 from training.config import TrainConfig
 from training.nets import OutcomeNet
@@ -23,7 +24,7 @@ def _net(seed: int, n_features: int = 6, k: int = 3) -> OutcomeNet:
     return net
 
 
-def _meta() -> dict:
+def _fields() -> dict:
     return {
         "method": "tsm-rct",
         "treatments": ["control", "a", "b"],
@@ -37,13 +38,13 @@ def _meta() -> dict:
 def test_export_writes_the_contract_and_runs_any_batch_size(tmp_path):
     net = _net(0)
     val = np.random.default_rng(0).normal(size=(100, 6)).astype(np.float32)
-    desc = export.export(net, tmp_path, _meta(), val)
+    card = export.export(net, tmp_path, _fields(), val)
     model = onnx.load(str(tmp_path / "model.onnx"))
-    assert model.opset_import[0].version == export.OPSET
+    assert model.opset_import[0].version == OPSET
     assert [i.name for i in model.graph.input] == ["features"]
     assert [o.name for o in model.graph.output] == ["revenue", "cost"]
     on_disk = json.loads((tmp_path / "model.json").read_text())
-    assert on_disk == desc
+    assert on_disk == card.to_json() and ModelCard.from_json(on_disk) == card
     assert on_disk["format_version"] == 1 and on_disk["n_features"] == 6
     assert on_disk["outputs"] == {"revenue": ["batch", 3], "cost": ["batch", 3]}
     assert "-tsm-rct-" in on_disk["version"]
@@ -64,17 +65,26 @@ def test_parity_failure_is_loud_and_leaves_no_model_json(tmp_path, monkeypatch):
     other = _net(1)  # a different network: its graph cannot match `net`
     val = np.random.default_rng(0).normal(size=(50, 6)).astype(np.float32)
     original = export.onnx_bytes
-    monkeypatch.setattr(export, "onnx_bytes", lambda _net: original(other))
+    monkeypatch.setattr(export, "onnx_bytes", lambda _net, n: original(other, n))
     with pytest.raises(export.ExportError, match="disagree"):
-        export.export(net, tmp_path, _meta(), val)
+        export.export(net, tmp_path, _fields(), val)
     assert not (tmp_path / "model.json").exists()
 
 
 def test_checkpoint_round_trip_reexports(tmp_path):
     net = _net(2)
     val = np.random.default_rng(3).normal(size=(40, 6)).astype(np.float32)
-    export.save_checkpoint(tmp_path, net, _meta(), val)
-    desc = export.export_checkpoint(tmp_path)
-    assert desc["method"] == "tsm-rct" and (tmp_path / "model.onnx").is_file()
+    export.save_checkpoint(tmp_path, net, _fields(), val)
+    card = export.export_checkpoint(tmp_path)
+    assert card.method == "tsm-rct" and (tmp_path / "model.onnx").is_file()
     with pytest.raises(ValueError, match="no checkpoint"):
         export.export_checkpoint(tmp_path / "missing")
+
+
+def test_a_card_that_does_not_describe_the_graph_is_refused(tmp_path):
+    net = _net(0)  # 3 outputs per row
+    card = export.export(net, tmp_path / "good", _fields(), np.zeros((4, 6), np.float32))
+    four = ModelCard.from_json({**card.to_json(), "treatments": ["a", "b", "c", "d"]})
+    with pytest.raises(export.ExportError, match="4 treatments"):
+        export.write_model_dir(net, tmp_path / "bad", four, np.zeros((4, 6), np.float32))
+    assert not (tmp_path / "bad" / "model.json").exists()

@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from app.core.solver import Allocation, allocate
+from app.core.solver import Solution, allocate
 from training.data.tables import write_frame
 
 FloatArray = npt.NDArray[np.float64]
@@ -244,7 +244,7 @@ class SimulatedData:
             float(self.truth_cost[rows, policy].mean()),
         )
 
-    def oracle(self, budget: float) -> Allocation:
+    def oracle(self, budget: float) -> Solution:
         """Best allocation of the test customers at a per-capita budget, on the true values."""
         return allocate(self.truth_revenue, self.truth_cost, budget, per_capita=True)
 

@@ -1,4 +1,4 @@
-"""API fixtures: a tiny exported ONNX model, fresh SQLite/PostgreSQL databases, app clients.
+"""Shared fixtures: small exported models, fresh SQLite/PostgreSQL databases, app clients.
 
 Each database backend gets one fresh database per test session (PostgreSQL: created here and
 dropped at the end), its schema from `alembic upgrade head`; every test starts from empty tables.
@@ -6,10 +6,8 @@ dropped at the end), its schema from `alembic upgrade head`; every test starts f
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,18 +19,14 @@ from alembic import command
 from fastapi.testclient import TestClient
 
 from app.config import Settings
-from app.core.features import FeatureSpec
 from app.db import alembic_config, database_url, find_migrations, make_engine, make_sessionmaker
 from app.main import create_app
 from app.services import keys
+from tests.utils.models import declare_treatments, export_synthetic_model
 
 PG_ADMIN_URL = os.environ.get(
     "DFCL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-TREATMENTS = ["control", "email", "discount"]
-SPEC = FeatureSpec(numeric=("recency", "history"), categorical={"channel": ("Phone", "Web")})
-# Per-treatment cost scale: every treatment costs something, so small budgets are infeasible.
-COST_BASE = (0.1, 1.0, 2.0)
 
 
 def make_customers(n: int, seed: int = 0, prefix: str = "c") -> list[dict[str, Any]]:
@@ -57,65 +51,12 @@ def make_customers(n: int, seed: int = 0, prefix: str = "c") -> list[dict[str, A
 def export_tiny_model(
     out: Path, version: str, *, seed: int = 0, n_treatments: int = 3, declared: int | None = None
 ) -> Path:
-    """Export a small torch net to `out` in the model-directory contract (brief).
+    """A small model directory as `dfcl train` leaves it (tests/utils/models.py).
 
-    `declared` lets a test write a model.json whose treatment count disagrees with the graph.
+    `declared` rewrites model.json to list another number of treatments than the graph has.
     """
-    import torch  # dev install only; the service never imports it
-
-    torch.manual_seed(seed)
-
-    class Tiny(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.body = torch.nn.Sequential(
-                torch.nn.Linear(SPEC.n_features, 8),
-                torch.nn.Tanh(),
-                torch.nn.Linear(8, 2 * n_treatments),
-            )
-            self.register_buffer("scale", torch.tensor([1.0, 0.01, 1.0, 1.0, 1.0]))
-            base = torch.linspace(COST_BASE[0], COST_BASE[-1], n_treatments)
-            self.register_buffer("cost_base", base)
-
-        def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            h = self.body(features * self.scale)  # (B, 2K)
-            k = self.cost_base.shape[0]
-            revenue = torch.nn.functional.softplus(h[:, :k]) * (1.0 + self.cost_base)  # (B, K)
-            cost = self.cost_base * (1.0 + torch.sigmoid(h[:, k:]))  # (B, K), > 0
-            return revenue, cost
-
-    net = Tiny().eval()
-    out.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # legacy exporter: no onnxscript here
-        torch.onnx.export(
-            net,
-            (torch.zeros(2, SPEC.n_features),),
-            str(out / "model.onnx"),
-            input_names=["features"],
-            output_names=["revenue", "cost"],
-            dynamic_axes={"features": {0: "batch"}, "revenue": {0: "batch"}, "cost": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
-    k = declared if declared is not None else n_treatments
-    names = (TREATMENTS + [f"t{j}" for j in range(3, k)])[:k]
-    card = {
-        "format_version": 1,
-        "version": version,
-        "method": "tiny-test",
-        "treatments": names,
-        "n_features": SPEC.n_features,
-        "feature_spec": SPEC.to_json(),
-        "outputs": {"revenue": ["batch", k], "cost": ["batch", k]},
-        "training_data": {},
-        "validation": {"eom_area": 0.0},
-        "created_at": "2026-11-25T11:00:00Z",
-        "package_version": "0.1.0",
-        "config": {},
-    }
-    (out / "model.json").write_text(json.dumps(card, indent=2))
-    return out
+    export_synthetic_model(out, version, seed=seed, n_treatments=n_treatments, method="tiny-test")
+    return declare_treatments(out, declared) if declared is not None else out
 
 
 @pytest.fixture(scope="session")

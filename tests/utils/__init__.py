@@ -1,0 +1,1 @@
+"""Helpers shared by the test packages (and the benchmarks that build the same fixtures)."""
