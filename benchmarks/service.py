@@ -31,9 +31,11 @@ from typing import Any
 
 import httpx
 import numpy as np
-from load import free_port, fresh_database  # same folder: run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the repo root: tests.utils holds the shared harness
+from tests.utils.load import free_port, fresh_database  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results" / "service.json"
 STAGES = ("encode", "infer", "solve", "respond", "db", "commit")
 TARGET_P99_MS = {1_000: 100.0, 10_000: 1_000.0}
@@ -44,6 +46,8 @@ def synthetic_model(out: Path) -> Path:
     import torch
 
     from app.core.features import FeatureSpec
+    from app.core.model_card import ModelCard
+    from training.export import write_model_dir
 
     numeric = tuple(f"x{i}" for i in range(8))
     cats = {
@@ -73,36 +77,18 @@ def synthetic_model(out: Path) -> Path:
             cost = self.cost_scale * (1 + torch.sigmoid(h[:, k:]))
             return revenue, cost
 
-    out.mkdir(parents=True, exist_ok=True)
-    import warnings
-
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            Net().eval(),
-            (torch.zeros(2, spec.n_features),),
-            str(out / "model.onnx"),
-            input_names=["features"],
-            output_names=["revenue", "cost"],
-            dynamic_axes={"features": {0: "batch"}, "revenue": {0: "batch"}, "cost": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
-    card = {
-        "format_version": 1,
-        "version": "bench-mlp-64x64-k5",
-        "method": "synthetic",
-        "treatments": ["control"] + [f"t{j}" for j in range(1, k)],
-        "n_features": spec.n_features,
-        "feature_spec": spec.to_json(),
-        "outputs": {"revenue": ["batch", k], "cost": ["batch", k]},
-        "training_data": {},
-        "validation": {},
-        "created_at": "2026-11-25T12:00:00Z",
-        "package_version": "0.1.0",
-        "config": {},
-    }
-    (out / "model.json").write_text(json.dumps(card))
+    card = ModelCard(
+        version="bench-mlp-64x64-k5",
+        method="synthetic",
+        treatments=("control", *(f"t{j}" for j in range(1, k))),
+        n_features=spec.n_features,
+        feature_spec=spec.to_json(),
+        outputs=ModelCard.declared_outputs(k),
+        created_at="2026-11-25T12:00:00Z",
+        package_version="0.1.0",
+    )
+    probe = np.random.default_rng(0).normal(size=(64, spec.n_features)).astype(np.float32)
+    write_model_dir(Net().eval(), out, card, probe)  # the exporter `dfcl train` uses
     return out
 
 

@@ -20,6 +20,7 @@ import argparse
 import importlib.metadata
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,9 @@ import highspy
 import numpy as np
 
 from app.core.solver import allocate
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tests.utils
+from tests.utils.highs import knapsack_model  # noqa: E402  (the property tests' reference)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "solver.json"
 
@@ -43,30 +47,6 @@ def instance(n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
     richest = cost[rows, revenue.argmax(axis=1)].sum()
     budget = float(cost.min(axis=1).sum() + 0.5 * (richest - cost.min(axis=1).sum()))
     return revenue, cost, budget
-
-
-def knapsack_model(
-    revenue: np.ndarray, cost: np.ndarray, budget: float, integer: bool = False
-) -> highspy.HighsLp:
-    """The knapsack as HiGHS sees it: one-hot rows per customer plus one budget row.
-
-    LP relaxation by default; integer=True gives the exact MIP. The solver tests use it too.
-    """
-    n, k = revenue.shape
-    lp = highspy.HighsLp()
-    lp.num_col_, lp.num_row_ = n * k, n + 1
-    lp.sense_ = highspy.ObjSense.kMaximize
-    lp.col_cost_ = revenue.ravel()
-    lp.col_lower_, lp.col_upper_ = np.zeros(n * k), np.ones(n * k)
-    lp.row_lower_ = np.r_[np.ones(n), -highspy.kHighsInf]
-    lp.row_upper_ = np.r_[np.ones(n), budget]
-    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
-    lp.a_matrix_.start_ = np.arange(0, 2 * n * k + 1, 2, dtype=np.int32)
-    lp.a_matrix_.index_ = np.column_stack([np.repeat(np.arange(n), k), np.full(n * k, n)]).ravel()
-    lp.a_matrix_.value_ = np.column_stack([np.ones(n * k), cost.ravel()]).ravel()
-    if integer:
-        lp.integrality_ = [highspy.HighsVarType.kInteger] * (n * k)
-    return lp
 
 
 def highs_lp(

@@ -1,4 +1,4 @@
-"""The real server under concurrent load, and killed with SIGKILL mid-load (benchmarks/load.py).
+"""The real server under concurrent load, and killed with SIGKILL mid-load (tests/utils/load.py).
 
 Short versions of `python benchmarks/load.py` and `... --kill-after`: a uvicorn subprocess on a
 fresh SQLite file / PostgreSQL database, then the database is audited against what clients saw.
@@ -6,20 +6,12 @@ fresh SQLite file / PostgreSQL database, then the database is audited against wh
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-_spec = importlib.util.spec_from_file_location(
-    "load_benchmark", Path(__file__).parents[2] / "benchmarks" / "load.py"
-)
-assert _spec is not None and _spec.loader is not None
-load = importlib.util.module_from_spec(_spec)
-sys.modules["load_benchmark"] = load  # dataclasses look their module up
-_spec.loader.exec_module(load)
+from tests.utils import load
 
 
 def _assert_consistent(summary: dict[str, Any]) -> None:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import highspy
 import numpy as np
 import pytest
@@ -13,19 +10,12 @@ from hypothesis import strategies as st
 
 from app.core import solver
 from app.core.solver import InfeasibleBudget, Solution, allocate, dual_choice
-
-# The HiGHS model of the knapsack lives in the solver benchmark; load it from there.
-_spec = importlib.util.spec_from_file_location(
-    "solver_benchmark", Path(__file__).parents[2] / "benchmarks" / "solver.py"
-)
-assert _spec is not None and _spec.loader is not None
-_bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_bench)
+from tests.utils.highs import knapsack_model
 
 
 def highs_optimum(revenue: np.ndarray, cost: np.ndarray, budget: float, integer: bool) -> float:
     """Optimum of the knapsack (MIP) or its LP relaxation, solved by HiGHS to zero gap."""
-    lp = _bench.knapsack_model(revenue, cost, budget, integer)
+    lp = knapsack_model(revenue, cost, budget, integer)
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)
     h.setOptionValue("mip_rel_gap", 0.0)
