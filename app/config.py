@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(
         default=8, ge=1, description="Connections kept open to a server database."
     )
-    # Closing the loop (issue 6): exploration, retraining jobs, champion/challenger.
+    # Closing the loop: exploration, retraining jobs, champion/challenger.
     exploration_rate: float = Field(
         default=0.0, ge=0.0, le=1.0,
         description="Share of customers given a uniformly random treatment when a request "

@@ -54,7 +54,7 @@ CEILING = "pooled-unconfounded"  # diagnostic, simulator only (see the module do
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
-def _stacked_truth(truth_rev: np.ndarray, truth_cost: np.ndarray) -> tuple[np.ndarray, ...]:
+def _stacked_truth(truth_rev: np.ndarray, truth_cost: np.ndarray) -> metrics.Logged:
     """The truth as a 'perfect RCT': every customer under every arm, p = 1/K.
 
     With it, metrics' mode-E bisection and EOM give the policy's TRUE per-capita cost and
@@ -63,36 +63,36 @@ def _stacked_truth(truth_rev: np.ndarray, truth_cost: np.ndarray) -> tuple[np.nd
     n, k = truth_rev.shape
     treatment = np.repeat(np.arange(k), n)
     propensity = np.full(n * k, 1.0 / k)
-    return treatment, truth_rev.T.ravel(), truth_cost.T.ravel(), propensity
+    return metrics.Logged.of(treatment, truth_rev.T.ravel(), truth_cost.T.ravel(), propensity)
 
 
-def _logged(table: Table) -> tuple[np.ndarray, ...]:
-    return table.treatment, table.revenue, table.cost, table.propensity
+def _logged(table: Table) -> metrics.Logged:
+    return metrics.Logged.of(table.treatment, table.revenue, table.cost, table.propensity)
 
 
-def evaluate(result: Any, test: Table, truth: tuple[np.ndarray, ...] | None,
+def evaluate(result: Any, test: Table, truth: metrics.Logged | None,
              budgets: np.ndarray, grid: np.ndarray) -> dict[str, Any]:  # fmt: skip
     """Revenue at the budgets (true and EOM), curves on the grid, areas, for one trained model."""
     x = torch.from_numpy(encode_table(test, result.spec))
     with torch.no_grad():
         rev_hat, cost_hat = (t.numpy().astype(np.float64) for t in result.net(x))
     points = np.concatenate([budgets, grid])
-    eom = metrics.budget_curve(rev_hat, cost_hat, *_logged(test), points)
+    eom = metrics.budget_curve(rev_hat, cost_hat, _logged(test), points)
     out: dict[str, Any] = {
         "eom_revenue": eom.revenue[: len(budgets)].tolist(),
         "eom_cost": eom.cost[: len(budgets)].tolist(),
         "eom_curve": eom.revenue[len(budgets) :].tolist(),
-        "eom_area": metrics.budget_curve(rev_hat, cost_hat, *_logged(test), grid).area,
-        "val_area": result.meta["validation"]["eom_area"],
-        "val_revenue": result.meta["validation"]["eom_mean_revenue"],
-        "selected_phase": result.meta["validation"]["selected_phase"],
+        "eom_area": metrics.budget_curve(rev_hat, cost_hat, _logged(test), grid).area,
+        "val_area": result.card["validation"]["eom_area"],
+        "val_revenue": result.card["validation"]["eom_mean_revenue"],
+        "selected_phase": result.card["validation"]["selected_phase"],
         "seconds": result.seconds,
     }
     if truth is not None:
         k = rev_hat.shape[1]
-        true = metrics.budget_curve(np.tile(rev_hat, (k, 1)), np.tile(cost_hat, (k, 1)), *truth,
+        true = metrics.budget_curve(np.tile(rev_hat, (k, 1)), np.tile(cost_hat, (k, 1)), truth,
                                     points)  # fmt: skip
-        true_rev = truth[1].reshape(k, -1).T  # (N, K) back from the stacked form
+        true_rev = truth.revenue.reshape(k, -1).T  # (N, K) back from the stacked form
         true_uplift = (true_rev[:, 1:] - true_rev[:, :1]).mean(axis=0)
         out |= {
             "uplift_ratio": ((rev_hat[:, 1:] - rev_hat[:, :1]).mean(axis=0) / true_uplift).tolist(),
@@ -119,16 +119,16 @@ def _config(args: argparse.Namespace, label: str, seed: int, n_obs: int) -> Trai
                 "rct_upper_batch": 512, "n_cg": 5, **base}  # fmt: skip
     batch = int(base.get("batch_size", TrainConfig().batch_size))
     base.setdefault("steps_per_epoch", max(1, math.ceil(n_obs / batch)))
-    cfg = TrainConfig.from_json({**base, "extra": {"progress": False}})
+    cfg = TrainConfig.from_json(base)
     return cfg.replace(method=method, seed=seed)
 
 
 def _run_methods(args: argparse.Namespace, setting: str, seed: int, rct: Table, obs: Table,
-                 test: Table, truth: tuple[np.ndarray, ...] | None, budgets: np.ndarray,
+                 test: Table, truth: metrics.Logged | None, budgets: np.ndarray,
                  grid: np.ndarray) -> list[dict[str, Any]]:  # fmt: skip
     records = []
     for method in (m for m in args.methods if m != CEILING):
-        result = train(_config(args, method, seed, obs.n_rows), rct, obs)
+        result = train(_config(args, method, seed, obs.n_rows), rct, obs, progress=False)
         rec = {"setting": setting, "seed": seed, "method": method, "budgets": budgets.tolist(),
                **evaluate(result, test, truth, budgets, grid)}  # fmt: skip
         records.append(rec)
@@ -160,7 +160,7 @@ def simulator_records(args: argparse.Namespace, ratio: int, seed: int) -> list[d
             twin = simulate(sim.params, bias=0.0).write(Path(tmp) / "twin")
             twin_data = load_dataset(twin)
             cfg = _config(args, "tsm-pooled", seed, twin_data.obs.n_rows)
-            result = train(cfg, twin_data.rct, twin_data.obs)
+            result = train(cfg, twin_data.rct, twin_data.obs, progress=False)
             records.append({"setting": setting, "seed": seed, "method": CEILING,
                             "budgets": budgets.tolist(),
                             **evaluate(result, data.test, truth, budgets, grid)})  # fmt: skip
@@ -177,7 +177,7 @@ def hillstrom_records(args: argparse.Namespace, seed: int) -> list[dict[str, Any
 
     with tempfile.TemporaryDirectory() as tmp:
         data = load_dataset(build(args.hillstrom, tmp, HillstromParams(seed=seed)))
-        spend = [v.cost for v in metrics.constant_policies(*_logged(data.test), 3)]
+        spend = [v.cost for v in metrics.constant_policies(_logged(data.test), 3)]
         low, high = min(spend), max(spend)
         budgets = low + (high - low) * np.asarray(QUANTILES)
         grid = metrics.budget_grid(low, high, 10)

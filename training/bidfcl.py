@@ -1,17 +1,18 @@
-"""Bi-DFCL training phase (ALGORITHMS.md §5.4): bridge pseudo-labels, assumed steps, meta-gradient.
+"""Bi-DFCL training phase (methods §5.4): bridge pseudo-labels, assumed steps, meta-gradient.
 
 Lower level (every OBS batch): Adam on the target with factual labels + gated pseudo-labels.
 Upper level (every k-th batch): k assumed SGD steps give theta'; the decision loss (PPL by
 default) on a large RCT batch at the training budget gives g; the bridge moves along
 -X^T H^-1 g (implicit, CG) or the gradient through the unrolled steps.
+
+The phase runs on the narrow `training.phases.PhaseRun` interface (the Trainer implements it);
+this module does not import training/train.py.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,11 +23,9 @@ from tqdm import tqdm
 from training import bilevel, losses
 from training.config import TrainConfig
 from training.nets import BridgeNet, OutcomeNet
+from training.phases import PhaseRun
 from training.selection import Candidate, Checkpoints
 from training.splits import Split, lam_at_budget
-
-if TYPE_CHECKING:
-    from training.train import Trainer
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,7 @@ class BiLevel:
         return functional_call(self.net, dict(zip(self.theta_names, theta, strict=True)), (x,))
 
     def lower(self, idx: Tensor) -> bilevel.LowerLoss:
-        """L_low(theta, phi) on OBS rows idx; the target part of the labels is a snapshot (§8.2)."""
+        """L_low(theta, phi) on OBS rows idx; the target's share of labels is a snapshot (§8.2)."""
         x = self.obs.x[idx]
         with torch.no_grad():
             snap_rev, snap_cost = self.net(x)
@@ -107,7 +106,7 @@ class BiLevel:
         """Decision loss on an RCT batch, mean over budgets' lambda*, in revenue-scale units."""
         cfg = self.cfg
         rev_hat, cost_hat = self.predict(theta, batch.x)
-        args = (rev_hat, cost_hat, batch.treatment, batch.revenue, batch.cost, batch.propensity)
+        args = (rev_hat, cost_hat, batch)
         loss = rev_hat.new_zeros(())
         if cfg.upper_loss in ("ppl", "pifd"):
             for lam in lams:
@@ -128,7 +127,7 @@ class BiLevel:
     def lam_star(
         self, theta: Sequence[Tensor], batch: Split, budgets: Sequence[float]
     ) -> list[float]:
-        """Mode-E lambda* per budget of the predictions at theta on the RCT batch (§1, §8.6).
+        """Mode-E lambda* per budget of predictions at theta on the RCT batch (methods §1, §8.6).
 
         Warm bracket: lambda* moves little between upper steps, so 2x the previous step's value
         (or the next smaller budget's lambda*) bounds it; 12 halvings of that bracket are as
@@ -180,21 +179,21 @@ class BiLevel:
         return UpperInfo(up.item(), residual, applied)
 
 
-def _folds(run: Trainer) -> tuple[Split, Split]:
+def _folds(rct: Split, cfg: TrainConfig) -> tuple[Split, Split]:
     """(teacher fold, upper fold) of the RCT training split; both are all rows without
     cross-fitting (upper_fold = 0)."""
-    rct, share = run.train, run.cfg.upper_fold
+    share = cfg.upper_fold
     if share == 0:
         return rct, rct
-    order = torch.randperm(len(rct), generator=torch.Generator().manual_seed(run.cfg.seed + 3))
+    order = torch.randperm(len(rct), generator=torch.Generator().manual_seed(cfg.seed + 3))
     n_upper = int(round(share * len(rct)))
     if n_upper < 2 or len(rct) - n_upper < 2:
         raise ValueError(f"upper_fold {share}: {len(rct)} RCT training rows are too few to split")
     return rct.subset(order[n_upper:].sort().values), rct.subset(order[:n_upper].sort().values)
 
 
-def _teacher(run: Trainer, warm: OutcomeNet, teacher_rows: Split) -> OutcomeNet:
-    """The frozen RCT teacher (§5.2), selected like every model (training/selection.py).
+def _teacher(run: PhaseRun, warm: OutcomeNet, teacher_rows: Split) -> OutcomeNet:
+    """The frozen RCT teacher (methods §5.2), selected like every model (training/selection.py).
 
     teacher_init="pooled" fine-tunes a copy of the warm-started target on the teacher's RCT rows
     (the paper allows "any uplift model"), and that starting point is the default teacher, so
@@ -202,55 +201,48 @@ def _teacher(run: Trainer, warm: OutcomeNet, teacher_rows: Split) -> OutcomeNet:
     simulator it cost 10-15 % of validation revenue when it was the default); "scratch" trains
     the teacher on those rows alone and its weight average is the default.
     """
-    cfg, candidates = run.cfg, Checkpoints()
-    start: Candidate | None = None
-    if cfg.teacher_init == "pooled":
-        teacher = copy.deepcopy(warm)
-        start = Candidate(
-            run.evaluate(teacher, "teacher-start", {}), copy.deepcopy(warm.state_dict())
-        )
-        candidates.candidates.append(start)
-    else:
-        teacher = run.outcome_net(teacher_rows, 1)
-    run.prediction_epochs(teacher, teacher_rows, cfg.teacher_epochs, True, "teacher", candidates)
-    average = run.close_phase(teacher, candidates, "teacher")
-    run.select(teacher, candidates, start if start is not None else average)
+    cfg = run.cfg
+    start = warm if cfg.teacher_init == "pooled" else None
+    teacher = run.fine_tuned(start, teacher_rows, cfg.teacher_epochs, "teacher", 1)
     teacher.requires_grad_(False)
     return teacher
 
 
-def train_bidfcl(run: Trainer, checkpoints: Checkpoints) -> tuple[OutcomeNet, Candidate]:
+def train_bidfcl(
+    run: PhaseRun, train: Split, obs: Split, budgets: Sequence[float], checkpoints: Checkpoints
+) -> tuple[OutcomeNet, Candidate]:
     """Warm start, teacher, then the bi-level phase; returns the target and its warm start.
 
-    The warm start is the pooled prediction model (factual OBS + RCT rows, §8.11), averaged like
-    every phase; the bi-level phase continues from it and its epochs are the candidates.
+    train: the RCT training split; obs: the OBS rows; budgets: the upper level's per-capita
+    training budgets. The warm start is the pooled prediction model (factual OBS + RCT rows,
+    methods §8.11), averaged like every phase; the bi-level phase continues from it and its
+    epochs are the candidates.
     """
     cfg = run.cfg
-    assert run.obs is not None
-    teacher_rows, rct = _folds(run)  # rct: the upper level's rows
-    pooled = run.train.concat(run.obs)
+    teacher_rows, rct = _folds(train, cfg)  # rct: the upper level's rows
+    pooled = train.concat(obs)
     net = run.outcome_net(pooled, 0)
     warm = run.warm_start(net, pooled, False, checkpoints)
     teacher = _teacher(run, net, teacher_rows)
-    # lower-level data: OBS as in the paper, or OBS plus the teacher fold's factual rows (§8.10)
-    obs = run.obs if cfg.lower_data == "obs" else teacher_rows.concat(run.obs)
+    # lower level: OBS as in the paper, or OBS plus the teacher fold's factual rows (§8.10)
+    lower = obs if cfg.lower_data == "obs" else teacher_rows.concat(obs)
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed + 2)
-        bridge = BridgeNet(obs.x.shape[1], run.k, tuple(cfg.hidden))
-    bridge.fit_scales(obs.x)
+        bridge = BridgeNet(lower.x.shape[1], net.n_treatments, tuple(cfg.hidden))
+    bridge.fit_scales(lower.x)
     bridge.set_gate(cfg.gate_init)  # initial teacher share of every pseudo-label
     dual = run.dual_lambdas(net) if cfg.upper_loss in ("dpl", "difd") else []
-    bi = BiLevel(cfg, net, bridge, teacher, obs, dual)
+    bi = BiLevel(cfg, net, bridge, teacher, lower, dual)
     opt = run.optimizer(net, cfg.lr)
-    bar = tqdm(range(cfg.epochs), desc="bi-dfcl", disable=not cfg.extra.get("progress", True))
+    bar = tqdm(range(cfg.epochs), desc="bi-dfcl", disable=not run.progress)
     step = 0
     for epoch in bar:
         lows: list[float] = []
         infos: list[UpperInfo] = []
-        for idx in run.batches(len(obs)):
+        for idx in run.batches(len(lower)):
             if step % cfg.upper_every == 0:
                 rows = torch.randperm(len(rct), generator=run.gen)[: cfg.rct_upper_batch]
-                infos.append(bi.upper_step(idx, rct.subset(rows), run.budgets))
+                infos.append(bi.upper_step(idx, rct.subset(rows), budgets))
             loss = bi.lower_step_loss(idx)
             opt.zero_grad()
             loss.backward()

@@ -1,4 +1,4 @@
-"""Bi-DFCL meta-gradient (ALGORITHMS.md §5.3): CG on Hessian-vector products, or unrolling.
+"""Bi-DFCL meta-gradient (methods §5.3): CG on Hessian-vector products, or unrolling.
 
 Parameters are lists of tensors; the lower loss is a function (theta, phi) -> scalar and the
 upper loss a function theta -> scalar, so the same code serves networks and tiny test problems.

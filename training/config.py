@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -13,6 +15,9 @@ UpperLoss = Literal["ppl", "pifd", "dpl", "difd"]
 MetaGrad = Literal["implicit", "unrolled"]
 Reward = Literal["revenue", "dual"]
 OutcomeLossChoice = Literal["auto", "mse", "poisson"]
+IfdSurrogate = Literal["softmax", "linear"]
+TeacherInit = Literal["pooled", "scratch"]
+LowerData = Literal["pooled", "obs"]
 
 METHODS: tuple[str, ...] = get_args(Method)
 TWO_STAGE: tuple[str, ...] = ("tsm-rct", "tsm-obs", "tsm-pooled")
@@ -23,14 +28,13 @@ DFCL: tuple[str, ...] = ("dfcl-pl", "dfcl-mer", "dfcl-ifd")
 class TrainConfig:
     """Every knob of every method.
 
-    Defaults are what benchmarks/decision_quality.py measures. They follow ALGORITHMS.md where
+    Defaults are what benchmarks/decision_quality.py measures. They follow docs/methods.md where
     the papers publish a value, except where a comment says "(paper: ...)": those were chosen
     on development simulations (data seeds the benchmark never uses).
     """
 
-    method: str = "bi-dfcl"
+    method: Method = "bi-dfcl"
     seed: int = 0
-    device: str = "cpu"
     # networks (target = teacher = bridge architecture, §5.5)
     hidden: tuple[int, ...] = (64, 32, 32)
     # optimisation shared by all methods
@@ -41,42 +45,41 @@ class TrainConfig:
     prediction_epochs: int = 30
     epochs: int = 15  # epochs of the decision-focused phase (DFCL, Bi-DFCL) after the warm start
     batch_size: int = 512
-    steps_per_epoch: int = (
-        0  # 0: one pass over the phase's data; >0: that many batches (reshuffled)
-    )
+    # 0: one pass over the phase's data; >0: that many batches (reshuffled)
+    steps_per_epoch: int = 0
     lr: float = 1e-3
     weight_decay: float = 1e-5
     # outcome error of every prediction term: "auto" = Poisson deviance when all revenue and
     # cost labels are >= 0 (spend-like, heavy-tailed), else squared error; resolved before
     # training and saved resolved in config.json
-    outcome_loss: str = "auto"
+    outcome_loss: OutcomeLossChoice = "auto"
     # the model of a phase is the average of its final epochs' weights (SWA); 0: the last epoch
     average_fraction: float = 0.25
     # RCT validation split; selection by the paired EOM gain over the budget grid
     val_fraction: float = 0.25
-    n_budgets: int = 10  # validation grid size (§8.7)
+    n_budgets: int = 10  # validation grid size (methods §8.7)
     select_z: float = 2.0  # a candidate replaces the default model only if gain > z * SE
     train_budget: float | None = None  # per-capita budget for PPL/PIFD; None -> quantiles below
-    train_budget_quantiles: tuple[float, ...] = (0.25, 0.5, 0.75)  # of the RCT spend range (§8.7)
-    # DFCL (§4): L = L_DL + alpha * L_PL on RCT after a warm start of prediction_epochs
+    train_budget_quantiles: tuple[float, ...] = (0.25, 0.5, 0.75)  # of RCT spend (§8.7)
+    # DFCL (methods §4): L = L_DL + alpha * L_PL on RCT after a warm start of prediction_epochs
     # DFCL / Bi-DFCL: the warm start (a prediction model) stays the default model and the
     # decision-focused phase replaces it only on paired validation evidence (select_z). False:
     # the decision-focused phase's average is the default (the phase judged on its own)
     keep_warm_start: bool = True
     alpha: float = 1.0
     dual_lambdas: tuple[float, ...] | None = None  # None -> lambda* at 25/50/75% budgets
-    pl_tau: float = 1.0  # temperatures are in units of the batch std of the dual score (§8.14)
+    pl_tau: float = 1.0  # in units of the batch std of the dual score (§8.14)
     mer_tau: float = 0.3
     ifd_h: float = 0.3  # 'fix' clip width in units of the batch std of the dual score
-    ifd_cost_grad: bool = False  # §8.13: notebook uses the revenue gradient only
+    ifd_cost_grad: bool = False  # methods §8.13: notebook uses the revenue gradient only
     # IFD surrogate: "softmax" (smoothed, bounded; default) or "linear" (reference notebook)
-    ifd_surrogate: str = "softmax"
-    # Bi-DFCL (§5)
-    upper_loss: str = "ppl"
-    ppl_reward: str = "revenue"  # §8.3: "dual" uses r - lambda* c
+    ifd_surrogate: IfdSurrogate = "softmax"
+    # Bi-DFCL (methods §5)
+    upper_loss: UpperLoss = "ppl"
+    ppl_reward: Reward = "revenue"  # methods §8.3: "dual" uses r - lambda* c
     ppl_tau: float = 1.0
     pifd_h: float = 0.3
-    meta_grad: str = "implicit"
+    meta_grad: MetaGrad = "implicit"
     upper_every: int = 10  # upper-level step every k-th OBS batch (paper: every batch)
     assumed_steps: int = 5  # k assumed SGD steps approximating theta*
     assumed_lr: float = 0.005  # plain SGD; must stay below 2 / lambda_max(H) (~1e2 measured)
@@ -87,10 +90,10 @@ class TrainConfig:
     teacher_epochs: int = 10
     # "pooled": the warm-started target, replaced by its RCT fine-tune only on validation
     # evidence (paper: any uplift model trained on RCT; "scratch")
-    teacher_init: str = "pooled"
-    bridge_factual: bool = True  # gate also mixes teacher into the logged arm's label (§8.1)
+    teacher_init: TeacherInit = "pooled"
+    bridge_factual: bool = True  # teacher also in the logged arm's label (§8.1)
     gate_init: float = 0.1  # initial teacher share of every pseudo-label (paper: unpublished)
-    lower_data: str = "pooled"  # lower level also fits RCT factual rows (paper: "obs")
+    lower_data: LowerData = "pooled"  # lower level also fits RCT factual rows (paper: "obs")
     rct_upper_batch: int = 4096
     # cross-fitting: share of the RCT training rows kept for the upper level only; the teacher
     # (and a pooled lower level) never see them, so the bridge learns how far to trust the
@@ -113,12 +116,16 @@ class TrainConfig:
             (0.0 <= self.average_fraction <= 1.0, "average_fraction must lie in [0, 1]"),
             (0.0 <= self.upper_fold < 1.0, "upper_fold must lie in [0, 1)"),
             (
-                self.ifd_surrogate in ("softmax", "linear"),
+                self.ifd_surrogate in get_args(IfdSurrogate),
                 f"ifd_surrogate: bad value {self.ifd_surrogate!r}",
             ),
             (
-                self.teacher_init in ("scratch", "pooled"),
+                self.teacher_init in get_args(TeacherInit),
                 f"teacher_init: bad {self.teacher_init!r}",
+            ),
+            (
+                self.lower_data in get_args(LowerData),
+                f"lower_data: bad value {self.lower_data!r}",
             ),
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.batch_size >= 2, "batch_size must be >= 2"),
@@ -154,7 +161,12 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TrainConfig:
-        """Inverse of to_json; unknown keys are an error so typos do not pass silently."""
+        """Inverse of to_json; unknown keys are an error so typos do not pass silently.
+
+        The one exception: `"device": "cpu"`, which configs saved before the field was dropped
+        still hold (cpu was its only legal value), is skipped.
+        """
+        data = _without_legacy_device(data)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -183,3 +195,43 @@ class TrainConfig:
     def replace(self, **changes: Any) -> TrainConfig:
         """Copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+def _without_legacy_device(data: dict[str, Any]) -> dict[str, Any]:
+    """data without the obsolete "device" key if it holds "cpu"; any other value is an error."""
+    if "device" not in data:
+        return data
+    if data["device"] != "cpu":
+        raise ValueError(
+            f"device {data['device']!r}: training runs on cpu only (drop the obsolete 'device' key)"
+        )
+    return {key: value for key, value in data.items() if key != "device"}
+
+
+def field_help() -> dict[str, str]:
+    """Each TrainConfig field's comment (the lines just above it plus its trailing comment).
+
+    The comments are the fields' documentation; `dfcl train --help` shows them. Empty when
+    the source is not available (e.g. a frozen build).
+    """
+    try:
+        lines = inspect.getsource(TrainConfig).splitlines()
+    except (OSError, TypeError):
+        return {}
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    out: dict[str, str] = {}
+    above: list[str] = []
+    for line in lines:
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            above.append(stripped.lstrip("#").strip())
+            continue
+        match = _FIELD.match(line)
+        if match and match.group(1) in names:
+            trailing = match.group(2) or ""
+            out[match.group(1)] = " ".join([*above, trailing.strip()]).strip()
+        above = []
+    return out
+
+
+_FIELD = re.compile(r"^    (\w+): [^#]*?(?:#(.*))?$")

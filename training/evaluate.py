@@ -144,8 +144,8 @@ def evaluate_predictions(
     propensity = table.propensity
     if np.isnan(propensity).any():
         raise ValueError(f"{table.path}: evaluation needs known propensities (an RCT table)")
-    logged = (table.treatment, table.revenue, table.cost, propensity)
-    curve = metrics.budget_curve(revenue_pred, cost_pred, *logged, budgets, n_budgets=n_budgets)
+    logged = metrics.Logged.of(table.treatment, table.revenue, table.cost, propensity)
+    curve = metrics.budget_curve(revenue_pred, cost_pred, logged, budgets, n_budgets=n_budgets)
     aucc = None
     if table.n_treatments == 2:
         score = metrics.roi_score(revenue_pred, cost_pred)

@@ -1,8 +1,10 @@
-"""Prediction and decision losses (ALGORITHMS.md §2, §4, §5.1): pure tensor functions.
+"""Prediction and decision losses (methods §2, §4, §5.1): pure tensor functions.
 
-Shapes: predictions rev_hat, cost_hat (B, K); logged treatment (B,) int64; factual revenue,
-cost, propensity (B,). Temperatures and clip widths are given in units of the batch std of the
-dual score a = r_hat - lam * c_hat (detached), so defaults do not depend on the currency (§8.14).
+Shapes: predictions rev_hat, cost_hat (B, K); decision losses read the batch's logged record
+(a Split: treatment (B,) int64, factual revenue, cost, propensity (B,)), so the four logged
+tensors travel together and cannot be passed in the wrong order. Temperatures and clip widths
+are given in units of the batch std of the dual score a = r_hat - lam * c_hat (detached), so
+defaults do not depend on the currency (methods §8.14).
 
 Outcome errors come in two kinds (`kind`): "mse", the papers' choice, and "poisson", the
 deviance, whose gradient (mu - y) / mu weights each customer by the inverse of the variance of
@@ -17,6 +19,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 from torch.nn import functional as F
+
+from training.splits import Split
 
 EPS = 1e-6
 _MEAN_FLOOR = 1e-6  # Poisson deviance needs a positive mean; in units of the label scale
@@ -67,7 +71,7 @@ def prediction_loss(
     cost_scale: float | Tensor = 1.0,
     kind: str = "mse",
 ) -> Tensor:
-    """Factual outcome error (§2); weight=frequency_weights gives the RCT-unbiased L_PL.
+    """Factual outcome error (methods §2); weight=frequency_weights gives the RCT-unbiased L_PL.
 
     Errors are divided by the label scales so revenue and cost count alike whatever their units.
     """
@@ -104,50 +108,35 @@ def lower_level_loss(
 
 
 def mer_loss(
-    rev_hat: Tensor,
-    cost_hat: Tensor,
-    treatment: Tensor,
-    revenue: Tensor,
-    cost: Tensor,
-    propensity: Tensor,
-    lambdas: Sequence[float],
-    tau: float,
+    rev_hat: Tensor, cost_hat: Tensor, batch: Split, lambdas: Sequence[float], tau: float
 ) -> Tensor:
-    """DFCL max-entropy dual loss (§4.3); tau=1 is the PL loss. Lower is a better policy."""
+    """DFCL max-entropy dual loss (methods §4.3); tau=1 is the PL loss. Lower is a better policy."""
     total = rev_hat.new_zeros(())
     for lam in lambdas:
         score = rev_hat - lam * cost_hat
         q = torch.softmax(score / (tau * _score_scale(score)), dim=1)
-        reward = (revenue - lam * cost) / propensity
-        total = total - (reward * _factual(q, treatment)).mean()
+        reward = (batch.revenue - lam * batch.cost) / batch.propensity
+        total = total - (reward * _factual(q, batch.treatment)).mean()
     return total
 
 
-def hajek_dual_value(
-    matched: Tensor, revenue: Tensor, cost: Tensor, propensity: Tensor, lam: float
-) -> Tensor:
+def hajek_dual_value(matched: Tensor, batch: Split, lam: float) -> Tensor:
     """Hajek EOM dual value Q = r_bar - lam c_bar of a policy given its matched mask (B,)."""
-    inv_p = matched.to(revenue.dtype) / propensity
+    inv_p = matched.to(batch.revenue.dtype) / batch.propensity
     s = inv_p.sum().clamp_min(EPS)
-    return ((inv_p * revenue).sum() - lam * (inv_p * cost).sum()) / s
+    return ((inv_p * batch.revenue).sum() - lam * (inv_p * batch.cost).sum()) / s
 
 
 def ifd_gradients(
-    rev_hat: Tensor,
-    cost_hat: Tensor,
-    treatment: Tensor,
-    revenue: Tensor,
-    cost: Tensor,
-    propensity: Tensor,
-    lam: float,
-    h: float | None,
+    rev_hat: Tensor, cost_hat: Tensor, batch: Split, lam: float, h: float | None
 ) -> tuple[Tensor, Tensor]:
-    """DFCL improved finite difference dQ/dr_hat, dQ/dc_hat (B, K) each (§4.4, Hajek form).
+    """DFCL improved finite difference dQ/dr_hat, dQ/dc_hat (B, K) each (methods §4.4, Hajek form).
 
     Every row gets the smallest perturbation that flips it into / out of the matched set; the
     resulting change of Q is an O(1) update of the batch sums. h: 'fix' clip width (in score
     units, already scaled); None keeps the raw perturbations (used by the brute-force test).
     """
+    treatment = batch.treatment
     with torch.no_grad():
         n, k = rev_hat.shape
         rows = torch.arange(n)
@@ -155,8 +144,8 @@ def ifd_gradients(
         top2 = score.topk(2, dim=1)
         chosen = top2.indices[:, 0]
         matched = chosen == treatment
-        inv_p = 1.0 / propensity
-        y_r, y_c = revenue * inv_p, cost * inv_p
+        inv_p = 1.0 / batch.propensity
+        y_r, y_c = batch.revenue * inv_p, batch.cost * inv_p
         s = (inv_p * matched).sum()
         r1 = (y_r * matched).sum() / s.clamp_min(EPS)
         c1 = (y_c * matched).sum() / s.clamp_min(EPS)
@@ -196,31 +185,26 @@ def ifd_gradients(
 def ifd_loss(
     rev_hat: Tensor,
     cost_hat: Tensor,
-    treatment: Tensor,
-    revenue: Tensor,
-    cost: Tensor,
-    propensity: Tensor,
+    batch: Split,
     lambdas: Sequence[float],
     h: float,
     use_cost: bool = False,
     tau: float | None = 1.0,
 ) -> Tensor:
-    """Surrogate whose gradient follows the frozen IFD estimate g = dQ/dr_hat (§4.4).
+    """Surrogate whose gradient follows the frozen IFD estimate g = dQ/dr_hat (methods §4.4).
 
     tau=None: the reference notebook's linear surrogate -sum sg(g) * r_hat (use_cost adds the
     cost term). It is unbounded in r_hat, so only short fine-tuning at a tiny learning rate keeps
     it sane; with a prediction term whose pull saturates (the Poisson deviance) it diverges.
     tau > 0 (default): the paper's smoothed variant -sum sg(g) * softmax(a / tau), bounded like
-    PL/MER/PIFD; tau is in units of the batch std of a. use_cost has no effect there (§4.4:
+    PL/MER/PIFD; tau is in units of the batch std of a. use_cost has no effect there (methods §4.4:
     the smoothed variant perturbs r_hat only).
     """
     total = rev_hat.new_zeros(())
     for lam in lambdas:
         score = rev_hat - lam * cost_hat
         scale = _score_scale(score)
-        g_r, g_c = ifd_gradients(
-            rev_hat, cost_hat, treatment, revenue, cost, propensity, lam, h * float(scale)
-        )
+        g_r, g_c = ifd_gradients(rev_hat, cost_hat, batch, lam, h * float(scale))
         if tau is not None:
             total = total - (torch.softmax(score / (tau * scale), dim=1) * g_r).sum()
             continue
@@ -231,30 +215,22 @@ def ifd_loss(
 
 
 def ppl_loss(
-    rev_hat: Tensor,
-    cost_hat: Tensor,
-    treatment: Tensor,
-    revenue: Tensor,
-    cost: Tensor,
-    propensity: Tensor,
-    lam: float,
-    tau: float,
-    reward: str = "revenue",
+    rev_hat: Tensor, cost_hat: Tensor, batch: Split, lam: float, tau: float, reward: str = "revenue"
 ) -> Tensor:
-    """Bi-DFCL primal policy-learning loss at the budget's lambda* (§5.1, Eq 15-16).
+    """Bi-DFCL primal policy-learning loss at the budget's lambda* (methods §5.1, Eq 15-16).
 
-    reward="revenue" is the paper (cost only through lambda*); "dual" uses r - lam c (§8.3).
+    reward="revenue" is the paper (cost only through lambda*); "dual" uses r - lam c (methods §8.3).
     """
     score = rev_hat - lam * cost_hat
     z = torch.softmax(score / (tau * _score_scale(score)), dim=1)
-    gain = revenue if reward == "revenue" else revenue - lam * cost
-    return -(_factual(z, treatment) * gain / propensity).mean()
+    gain = batch.revenue if reward == "revenue" else batch.revenue - lam * batch.cost
+    return -(_factual(z, batch.treatment) * gain / batch.propensity).mean()
 
 
 def pifd_gradients(
     score: Tensor, treatment: Tensor, gain: Tensor, propensity: Tensor, h_min: float
 ) -> Tensor:
-    """PIFD estimate D (B, K) of dV/da for V = HT per-capita gain of argmax policy (§5.1).
+    """PIFD estimate D (B, K) of dV/da for V = HT per-capita gain of argmax policy (methods §5.1).
 
     h_min > 0: a finite difference of step h_min (rows farther than h_min from flipping get 0);
     h_min = 0: the raw closed-form 1/h estimate.
@@ -291,19 +267,16 @@ def pifd_gradients(
 def pifd_loss(
     rev_hat: Tensor,
     cost_hat: Tensor,
-    treatment: Tensor,
-    revenue: Tensor,
-    cost: Tensor,
-    propensity: Tensor,
+    batch: Split,
     lam: float,
     tau: float,
     h: float,
     reward: str = "revenue",
 ) -> Tensor:
-    """Surrogate -sum sg(D) * softmax(a / tau) with the PIFD estimate D (§5.1, §8.4)."""
+    """Surrogate -sum sg(D) * softmax(a / tau) with the PIFD estimate D (methods §5.1, §8.4)."""
     score = rev_hat - lam * cost_hat
     scale = _score_scale(score)
-    gain = revenue if reward == "revenue" else revenue - lam * cost
-    d = pifd_gradients(score, treatment, gain, propensity, h * float(scale))
+    gain = batch.revenue if reward == "revenue" else batch.revenue - lam * batch.cost
+    d = pifd_gradients(score, batch.treatment, gain, batch.propensity, h * float(scale))
     z = torch.softmax(score / (tau * scale), dim=1)
     return -(d * z).sum()

@@ -41,7 +41,7 @@ class _Body(nn.Module):
 
 
 class OutcomeNet(nn.Module):
-    """Predicts revenue and cost for every treatment; used for target and teacher (§5.2).
+    """Predicts revenue and cost for every treatment; used for target and teacher (methods §5.2).
 
     Outputs are softplus (non-negative, §8.18) times a per-output scale fitted on the labels,
     so the last layer works on unit-scale numbers whatever the currency.

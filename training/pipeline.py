@@ -8,9 +8,11 @@ model.json into one directory. It is the one place training meets the file syste
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from app.core.model_card import ModelCard
 from training.config import TrainConfig
 from training.data import load_table
 from training.export import export, export_checkpoint, save_checkpoint
@@ -28,22 +30,27 @@ def _dataset_info(rct_path: Path) -> dict[str, Any]:
     return info if isinstance(info, dict) else {}
 
 
-def build_config(method: str, config_path: Path | None, seed: int | None) -> TrainConfig:
-    """Config file (or defaults), with --method and --seed from the command line on top."""
-    cfg = TrainConfig.load(config_path) if config_path is not None else TrainConfig()
-    changes: dict[str, Any] = {"method": method}
+def build_config(
+    method: str,
+    config_path: Path | None,
+    seed: int | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> TrainConfig:
+    """Defaults < the config file < overrides (JSON field values) < method and seed."""
+    base = TrainConfig.load(config_path).to_json() if config_path is not None else {}
+    changes: dict[str, Any] = {**base, **(overrides or {}), "method": method}
     if seed is not None:
         changes["seed"] = seed
-    return cfg.replace(**changes)
+    return TrainConfig.from_json(changes)
 
 
 def train_and_export(
     method: str, rct_path: Path, obs_path: Path | None, out_dir: Path,
     config_path: Path | None = None, seed: int | None = None, progress: bool = True,
-) -> dict[str, Any]:  # fmt: skip
-    """Load tables, train, save config/checkpoint/history, export ONNX; returns model.json."""
-    cfg = build_config(method, config_path, seed)
-    cfg = cfg.replace(extra={**cfg.extra, "progress": progress})
+    overrides: Mapping[str, Any] | None = None,
+) -> ModelCard:  # fmt: skip
+    """Load tables, train, save config/checkpoint/history, export ONNX; returns the card."""
+    cfg = build_config(method, config_path, seed, overrides)
     info = _dataset_info(Path(rct_path))
     k = len(info["treatments"]) if "treatments" in info else None
     features = [str(f) for f in info["features"]] if "features" in info else None
@@ -53,19 +60,18 @@ def train_and_export(
         obs = load_table(obs_path, "obs", n_treatments=rct.n_treatments, feature_columns=features)
     from training.train import train  # torch import only when training really starts
 
-    result = train(cfg, rct, obs)
+    result = train(cfg, rct, obs, progress=progress)
     names = info.get("treatments") or [f"treatment_{j}" for j in range(rct.n_treatments)]
-    meta = {**result.meta, "treatments": [str(n) for n in names]}
+    fields = {**result.card, "treatments": [str(n) for n in names],
+              "training_seconds": round(result.seconds, 2)}  # fmt: skip
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result.config.save(out_dir / "config.json")  # as trained (outcome_loss resolved)
     (out_dir / "history.json").write_text(json.dumps(result.history, indent=1) + "\n")
-    save_checkpoint(out_dir, result.net, meta, result.val_features)
-    description = export(result.net, out_dir, meta, result.val_features)
-    description["training_seconds"] = round(result.seconds, 2)
-    return description
+    save_checkpoint(out_dir, result.net, fields, result.val_features)
+    return export(result.net, out_dir, fields, result.val_features)
 
 
-def reexport(checkpoint_dir: Path) -> dict[str, Any]:
+def reexport(checkpoint_dir: Path) -> ModelCard:
     """Re-export model.onnx + model.json from a checkpoint directory."""
     return export_checkpoint(Path(checkpoint_dir))

@@ -22,8 +22,9 @@ import torch
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
 
+from app.core.metrics import paired_gain
 from training.nets import OutcomeNet
-from training.splits import Split, paired_grid_gain, validation_curve
+from training.splits import Split, validation_curve
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,10 @@ class Checkpoints:
         default stays unless some candidate's gain - z * SE is positive (the largest wins).
         """
         best: tuple[float, Candidate] = (0.0, default)
+        logged = val.logged()
         for candidate in self.candidates:
-            gain, se = paired_grid_gain(candidate.scored.policies, default.scored.policies, val)
+            paired = paired_gain(candidate.scored.policies, default.scored.policies, logged)
+            gain, se = paired.revenue, paired.revenue_se
             candidate.scored.row.update({"val_gain": gain, "val_gain_se": se})
             if gain - z * se > best[0]:
                 best = (gain - z * se, candidate)

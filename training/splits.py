@@ -37,9 +37,9 @@ class Split:
             *(torch.cat([a, b]) for a, b in zip(self.tensors(), other.tensors(), strict=True))
         )
 
-    def logged(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(treatment, revenue, cost, propensity) as int64/float64 numpy arrays."""
-        return (
+    def logged(self) -> metrics.Logged:
+        """The logged tensors as a validated numpy record (int64/float64) for EOM metrics."""
+        return metrics.Logged.of(
             self.treatment.numpy(),
             self.revenue.numpy().astype(np.float64),
             self.cost.numpy().astype(np.float64),
@@ -48,8 +48,8 @@ class Split:
 
 
 def budget_range(split: Split, n_treatments: int) -> tuple[float, float]:
-    """EOM per-capita spend of the cheapest and dearest constant policies (§8.7 grid ends)."""
-    costs = [v.cost for v in metrics.constant_policies(*split.logged(), n_treatments)]
+    """EOM per-capita spend of the cheapest and dearest constant policies (methods §8.7)."""
+    costs = [v.cost for v in metrics.constant_policies(split.logged(), n_treatments)]
     return float(min(costs)), float(max(costs))
 
 
@@ -73,9 +73,8 @@ def lam_at_budget(
     hi_start: a lam believed feasible (e.g. the previous step's, or a smaller budget's) that
     replaces the wide max(r/c) upper bracket when it does fit the budget.
     """
-    logged = split.logged()
     return metrics.lam_for_realized_budget(
-        rev_hat, cost_hat, *logged, budget, max_iter=max_iter, hi_start=hi_start
+        rev_hat, cost_hat, split.logged(), budget, max_iter=max_iter, hi_start=hi_start
     )
 
 
@@ -87,16 +86,4 @@ def validation_curve(
     Model selection uses its mean_revenue (revenue units, equal realized spend): the
     normalised `area` divides by R_high - R_low, which is tiny and noisy on small splits.
     """
-    return metrics.budget_curve(rev_hat, cost_hat, *split.logged(), budgets)
-
-
-def paired_grid_gain(policies: np.ndarray, anchor: np.ndarray, split: Split) -> tuple[float, float]:
-    """Paired HT gain in mean grid revenue of policies (B, N) over anchor (B, N), with its SE.
-
-    Both are scored on the same logged rows, so the per-row difference cancels most of the
-    heavy-tailed revenue noise that makes two separate validation means hard to compare.
-    """
-    t, r, _, p = split.logged()
-    w = ((policies == t).astype(np.float64) - (anchor == t)).mean(axis=0) / p  # (N,)
-    d = w * r
-    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
+    return metrics.budget_curve(rev_hat, cost_hat, split.logged(), budgets)

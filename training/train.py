@@ -3,7 +3,7 @@
 Two-stage (tsm-*): prediction loss only. DFCL (dfcl-*): warm start on the RCT prediction loss,
 then dual decision loss + alpha * prediction loss on RCT. Bi-DFCL: teacher on RCT, warm start on
 pooled factual data, then OBS lower level with bridge pseudo-labels and an RCT upper level every
-k-th batch (ALGORITHMS.md §5.4). Every method's model is the weight average of its final epochs;
+k-th batch (methods §5.4). Every method's model is the weight average of its final epochs;
 a checkpoint replaces it only on clear paired validation evidence (mode-E EOM over the budget
 grid on a held-out RCT split; training/selection.py says why).
 """
@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from app.core.features import FeatureSpec
 from training import losses
+from training.bidfcl import train_bidfcl
 from training.config import DFCL, TWO_STAGE, TrainConfig
 from training.data import Table, encode_table
 from training.nets import OutcomeNet
@@ -38,7 +39,7 @@ class TrainResult:
 
     net: OutcomeNet
     spec: FeatureSpec
-    meta: dict[str, Any]
+    card: dict[str, Any]  # model card: method, feature_spec, training_data, validation, config
     val_features: np.ndarray
     config: TrainConfig  # as trained: outcome_loss resolved
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -91,10 +92,14 @@ def _new_net(cls: Callable[..., Any], cfg: TrainConfig, n_features: int, k: int,
 
 
 class Trainer:
-    """State shared by the phases of one training run."""
+    """State shared by the phases of one training run (implements training.phases.PhaseRun)."""
 
-    def __init__(self, cfg: TrainConfig, train: Split, val: Split, obs: Split | None) -> None:
+    def __init__(
+        self, cfg: TrainConfig, train: Split, val: Split, obs: Split | None,
+        *, progress: bool = True,
+    ) -> None:  # fmt: skip
         self.cfg, self.train, self.val, self.obs = cfg, train, val, obs
+        self.progress = progress
         self.k = int(max(train.treatment.max(), val.treatment.max())) + 1
         self.gen = torch.Generator().manual_seed(cfg.seed)
         lo, hi = budget_range(train, self.k)
@@ -175,6 +180,29 @@ class Trainer:
         checkpoints.candidates.append(warm)
         return warm
 
+    def fine_tuned(
+        self, start: OutcomeNet | None, data: Split, epochs: int, phase: str, seed_offset: int
+    ) -> OutcomeNet:
+        """An arm-balanced prediction model on data, selected like every model.
+
+        From a copy of `start` (start itself is untouched), which is then the default model
+        (row '<phase>-start'): fine-tuning replaces it only on clear validation evidence.
+        Without a start, a fresh network (seed_offset) whose weight average is the default.
+        """
+        candidates = Checkpoints()
+        default: Candidate | None = None
+        if start is not None:
+            net = copy.deepcopy(start)
+            scored = self.evaluate(net, f"{phase}-start", {})
+            default = Candidate(scored, copy.deepcopy(start.state_dict()))
+            candidates.candidates.append(default)
+        else:
+            net = self.outcome_net(data, seed_offset)
+        self.prediction_epochs(net, data, epochs, True, phase, candidates)
+        average = self.close_phase(net, candidates, phase)
+        self.select(net, candidates, default if default is not None else average)
+        return net
+
     def select(
         self, net: OutcomeNet, checkpoints: Checkpoints, default: Candidate
     ) -> dict[str, Any]:
@@ -185,13 +213,13 @@ class Trainer:
         self, net: OutcomeNet, data: Split, epochs: int, weighted: bool, phase: str,
         checkpoints: Checkpoints | None = None,
     ) -> None:  # fmt: skip
-        """Factual prediction loss; weighted=True is the arm-balanced RCT loss (§2).
+        """Factual prediction loss; weighted=True is the arm-balanced RCT loss (methods §2).
 
         With checkpoints, every epoch is a candidate and the final ones are averaged.
         """
         opt = self.optimizer(net, self.cfg.lr)
         weight = losses.frequency_weights(data.treatment, self.k) if weighted else None
-        bar = tqdm(range(epochs), desc=phase, disable=not self.cfg.extra.get("progress", True))
+        bar = tqdm(range(epochs), desc=phase, disable=not self.progress)
         for epoch in bar:
             total, count = 0.0, 0
             for idx in self.batches(len(data)):
@@ -210,29 +238,23 @@ class Trainer:
             bar.set_postfix(pred=f"{total / count:.4f}", val_rev=f"{val:.4f}")
 
     def decision_loss(
-        self,
-        net: OutcomeNet,
-        rev_hat: Tensor,
-        cost_hat: Tensor,
-        data: Split,
-        idx: Tensor,
+        self, net: OutcomeNet, rev_hat: Tensor, cost_hat: Tensor, batch: Split,
         lambdas: Sequence[float],
-    ) -> Tensor:
+    ) -> Tensor:  # fmt: skip
         """DFCL dual decision loss of the configured method on a batch, in revenue-scale units."""
-        cfg, args = self.cfg, (data.treatment[idx], data.revenue[idx], data.cost[idx])
-        p = data.propensity[idx]
+        cfg = self.cfg
         if cfg.method == "dfcl-ifd":
             tau = cfg.pl_tau if cfg.ifd_surrogate == "softmax" else None
             dl = losses.ifd_loss(
-                rev_hat, cost_hat, *args, p, lambdas, cfg.ifd_h, cfg.ifd_cost_grad, tau
+                rev_hat, cost_hat, batch, lambdas, cfg.ifd_h, cfg.ifd_cost_grad, tau
             )
         else:
             tau = cfg.pl_tau if cfg.method == "dfcl-pl" else cfg.mer_tau
-            dl = losses.mer_loss(rev_hat, cost_hat, *args, p, lambdas, tau)
+            dl = losses.mer_loss(rev_hat, cost_hat, batch, lambdas, tau)
         return dl / net.revenue_scale
 
     def dual_lambdas(self, net: OutcomeNet) -> list[float]:
-        """Configured multipliers, else lambda* at 25/50/75% of the budget range (§4.2)."""
+        """Configured multipliers, else lambda* at 25/50/75% of the budget range (methods §4.2)."""
         if self.cfg.dual_lambdas is not None:
             return list(self.cfg.dual_lambdas)
         lo, hi = budget_range(self.train, self.k)
@@ -244,19 +266,20 @@ class Trainer:
         ]
 
     def dfcl_epochs(self, net: OutcomeNet, checkpoints: Checkpoints) -> None:
-        """L_DL + alpha * L_PL on the RCT training split (§4.1)."""
+        """L_DL + alpha * L_PL on the RCT training split (methods §4.1)."""
         cfg, data = self.cfg, self.train
         lambdas = self.dual_lambdas(net)
         opt = self.optimizer(net, cfg.lr)
         weight = losses.frequency_weights(data.treatment, self.k)
-        bar = tqdm(range(cfg.epochs), desc=cfg.method, disable=not cfg.extra.get("progress", True))
+        bar = tqdm(range(cfg.epochs), desc=cfg.method, disable=not self.progress)
         for epoch in bar:
             sums, count = np.zeros(2), 0
             for idx in self.batches(len(data)):
-                rev_hat, cost_hat = net(data.x[idx])
-                dl = self.decision_loss(net, rev_hat, cost_hat, data, idx, lambdas)
+                batch = data.subset(idx)
+                rev_hat, cost_hat = net(batch.x)
+                dl = self.decision_loss(net, rev_hat, cost_hat, batch, lambdas)
                 pl = losses.prediction_loss(
-                    rev_hat, cost_hat, data.treatment[idx], data.revenue[idx], data.cost[idx],
+                    rev_hat, cost_hat, batch.treatment, batch.revenue, batch.cost,
                     weight[idx], net.revenue_scale, net.cost_scale, cfg.outcome_loss,
                 )  # fmt: skip
                 opt.zero_grad()
@@ -267,11 +290,6 @@ class Trainer:
             logs = {"decision_loss": sums[0] / count, "pred_loss": sums[1] / count}
             val = self.epoch_end(net, cfg.method, logs, checkpoints, epoch, cfg.epochs)
             bar.set_postfix(dl=f"{logs['decision_loss']:.4f}", val_rev=f"{val:.4f}")
-
-
-def _device_guard(cfg: TrainConfig) -> None:
-    if cfg.device != "cpu":
-        raise ValueError(f"device {cfg.device!r}: this build trains on cpu only")
 
 
 def prepare(
@@ -320,13 +338,15 @@ def resolve_outcome_loss(cfg: TrainConfig, tables: Sequence[Table]) -> TrainConf
     return cfg.replace(outcome_loss="poisson")
 
 
-def train(cfg: TrainConfig, rct: Table, obs: Table | None) -> TrainResult:
-    """Train `cfg.method` and return the validation-selected target network."""
-    _device_guard(cfg)
+def train(cfg: TrainConfig, rct: Table, obs: Table | None, *, progress: bool = True) -> TrainResult:
+    """Train `cfg.method` and return the validation-selected target network.
+
+    progress: show tqdm bars (off for jobs and tests, whose logs they would flood).
+    """
     started = time.perf_counter()
     cfg = resolve_outcome_loss(cfg, [rct] + ([obs] if obs is not None else []))
     spec, tr, val, obs_split = prepare(cfg, rct, obs)
-    run = Trainer(cfg, tr, val, obs_split)
+    run = Trainer(cfg, tr, val, obs_split, progress=progress)
     method = cfg.method
     checkpoints = Checkpoints()
     if method in TWO_STAGE:
@@ -340,13 +360,12 @@ def train(cfg: TrainConfig, rct: Table, obs: Table | None) -> TrainResult:
             warm = run.warm_start(net, tr, True, checkpoints)
             run.dfcl_epochs(net, checkpoints)
         else:
-            from training.bidfcl import train_bidfcl
-
-            net, warm = train_bidfcl(run, checkpoints)
+            assert obs_split is not None  # prepare() refuses bi-dfcl without OBS
+            net, warm = train_bidfcl(run, tr, obs_split, run.budgets, checkpoints)
         final = run.close_phase(net, checkpoints, method)
         default = warm if cfg.keep_warm_start else final
     selection = run.select(net, checkpoints, default)
-    meta = {
+    card = {
         "method": method,
         "feature_spec": spec.to_json(),
         "training_data": {"rct": _fingerprint(rct)}
@@ -360,4 +379,4 @@ def train(cfg: TrainConfig, rct: Table, obs: Table | None) -> TrainResult:
         "config": cfg.to_json(),
     }
     seconds = time.perf_counter() - started
-    return TrainResult(net, spec, meta, val.x.numpy(), cfg, run.history, seconds)
+    return TrainResult(net, spec, card, val.x.numpy(), cfg, run.history, seconds)

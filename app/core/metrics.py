@@ -1,11 +1,11 @@
-"""Offline policy evaluation on randomized data: EOM, the budget curve and AUCC (ALGORITHMS.md §3).
+"""Offline policy evaluation on randomized data: EOM, the budget curve and AUCC (methods §3).
 
 EOM (expected outcome metric): a policy's per-capita revenue and cost estimated from logged data
 by inverse propensity weighting -- only customers whose logged treatment equals the policy's
 choice count, each weighted 1/p(logged treatment). Horvitz-Thompson (the paper metric) and Hajek
 (self-normalised, diagnostic) forms, each with a standard error so comparisons can carry a CI.
 
-Models are compared at equal *realized* spend ("mode E", ALGORITHMS.md §1): for each per-capita
+Models are compared at equal *realized* spend ("mode E", §1): for each per-capita
 budget the multiplier lam is bisected until the EOM-estimated cost of pi_lam meets the budget, so
 a model that under-predicts cost cannot win by overspending.
 """
@@ -19,7 +19,7 @@ import numpy as np
 from app.core._types import FloatArray, IntArray
 from app.core.solver import dual_chooser
 
-_COST_EPS = 1e-12  # predicted costs at or below this do not bound lam (ALGORITHMS.md §8.19)
+_COST_EPS = 1e-12  # predicted costs at or below this do not bound lam (methods §8.19)
 
 
 @dataclass(frozen=True)
@@ -35,10 +35,37 @@ class PolicyValue:
     n_matched: int  # customers whose logged treatment equals the policy's
 
 
-def _logged(
+@dataclass(frozen=True)
+class Logged:
+    """Logged randomized data, (N,) each: what every EOM estimate reads, validated once.
+
+    Build it with `Logged.of(treatment, revenue, cost, propensity)` (any array-likes); direct
+    construction runs the same checks, so a `Logged` in hand is always well-formed.
+    """
+
+    treatment: IntArray  # int64 logged arm
+    revenue: FloatArray  # float64 factual revenue, finite
+    cost: FloatArray  # float64 factual cost, finite
+    propensity: FloatArray  # float64 probability of the logged arm, in (0, 1]
+
+    def __post_init__(self) -> None:
+        t, r, c, p = _validated(self.treatment, self.revenue, self.cost, self.propensity)
+        for name, value in (("treatment", t), ("revenue", r), ("cost", c), ("propensity", p)):
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def of(cls, treatment: object, revenue: object, cost: object, propensity: object) -> Logged:
+        """Validate and convert four (N,) array-likes (errors name the field and the row)."""
+        return cls(treatment, revenue, cost, propensity)  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return len(self.treatment)
+
+
+def _validated(
     treatment: object, revenue: object, cost: object, propensity: object
 ) -> tuple[IntArray, FloatArray, FloatArray, FloatArray]:
-    """Validate logged data: four (N,) arrays, finite outcomes, propensity in (0, 1]."""
+    """Four (N,) arrays, finite outcomes, integer treatment >= 0, propensity in (0, 1]."""
     t = np.asarray(treatment)
     r = np.asarray(revenue, dtype=np.float64)
     c = np.asarray(cost, dtype=np.float64)
@@ -64,7 +91,7 @@ def _logged(
 
 
 def arm_propensity(treatment: object) -> FloatArray:
-    """Empirical RCT propensity p_{t_i} = N_{t_i} / N, (N,) (ALGORITHMS.md §0)."""
+    """Empirical RCT propensity p_{t_i} = N_{t_i} / N, (N,) (methods §0)."""
     t = np.asarray(treatment, dtype=np.int64)
     return (np.bincount(t) / len(t))[t]
 
@@ -76,10 +103,9 @@ def _ht_and_se(y: FloatArray) -> tuple[float, float]:
     return float(np.mean(y)), se
 
 
-def _eom_arrays(
-    t: IntArray, r: FloatArray, c: FloatArray, p: FloatArray, policy: IntArray
-) -> PolicyValue:
-    w = (t == policy) / p  # (N,) HT weight, 0 off the matched set
+def _eom(logged: Logged, policy: IntArray) -> PolicyValue:
+    r, c = logged.revenue, logged.cost
+    w = (logged.treatment == policy) / logged.propensity  # (N,) HT weight, 0 off the matched set
     rev, rev_se = _ht_and_se(w * r)
     cst, cst_se = _ht_and_se(w * c)
     total_w = float(w.sum())
@@ -88,42 +114,48 @@ def _eom_arrays(
     return PolicyValue(rev, cst, rev_se, cst_se, rev_h, cst_h, int(np.count_nonzero(w)))
 
 
-def eom(
-    treatment: object, revenue: object, cost: object, propensity: object, policy: object
-) -> PolicyValue:
-    """EOM of a deterministic policy. All inputs (N,); policy is the chosen treatment per row.
+def eom(logged: Logged, policy: object) -> PolicyValue:
+    """EOM of a deterministic policy (N,): the chosen treatment per logged row.
 
     HT: r_bar = (1/N) sum_i r_i 1[t_i = pi_i] / p_i, unbiased for the per-capita revenue of pi
     on randomized data; SE = std of the per-customer terms / sqrt(N).
     """
-    t, r, c, p = _logged(treatment, revenue, cost, propensity)
     pol = np.asarray(policy)
-    if pol.shape != t.shape or pol.dtype.kind not in "iu":
+    if pol.shape != logged.treatment.shape or pol.dtype.kind not in "iu":
         raise ValueError(f"policy must be an integer (N,) array like treatment, got {pol.shape}")
-    return _eom_arrays(t, r, c, p, pol.astype(np.int64))
+    return _eom(logged, pol.astype(np.int64))
 
 
-def eom_difference(
-    treatment: object,
-    revenue: object,
-    cost: object,
-    propensity: object,
-    policy_a: object,
-    policy_b: object,
-) -> tuple[float, float, float, float]:
-    """Paired HT difference A - B on the same logged data: (revenue, revenue_se, cost, cost_se).
+@dataclass(frozen=True)
+class PairedGain:
+    """Paired HT difference of policies over an anchor on the same logged rows, per capita."""
 
-    The per-customer terms of both policies share the logged rows, so the SE of the difference
-    is far smaller than combining two independent SEs; use it for a CI on "A beats B".
+    revenue: float  # mean over the budgets of the HT revenue difference
+    revenue_se: float  # its standard error over customers
+    cost: float
+    cost_se: float
+
+
+def paired_gain(policies: object, anchor: object, logged: Logged) -> PairedGain:
+    """Gain of policies over anchor, both (B, N) (or (N,): B = 1), averaged over the B budgets.
+
+    The statistic that decides which model ships (model selection and champion/challenger).
+    Per customer, the HT terms of both policies share the logged row, so the SE of the
+    difference is that of one mean over customers: far tighter than two independent SEs, as
+    most of the heavy-tailed revenue noise cancels.
     """
-    t, r, c, p = _logged(treatment, revenue, cost, propensity)
-    a, b = np.asarray(policy_a), np.asarray(policy_b)
-    if a.shape != t.shape or b.shape != t.shape:
-        raise ValueError(f"policies {a.shape} and {b.shape} must both be (N,) like treatment")
-    w = ((t == a).astype(np.float64) - (t == b)) / p  # (N,) difference of HT weights
-    d_rev, d_rev_se = _ht_and_se(w * r)
-    d_cost, d_cost_se = _ht_and_se(w * c)
-    return d_rev, d_rev_se, d_cost, d_cost_se
+    t = logged.treatment
+    pol, anc = np.asarray(policies), np.asarray(anchor)
+    if pol.ndim not in (1, 2) or pol.shape[-1] != len(t) or anc.shape != pol.shape:
+        raise ValueError(
+            f"policies {pol.shape} and anchor {anc.shape} must both be (N,) or (B, N) with "
+            f"N = {len(t)} rows like treatment"
+        )
+    matched = np.atleast_2d(pol == t).astype(np.float64) - np.atleast_2d(anc == t)  # (B, N)
+    w = matched.mean(axis=0) / logged.propensity  # (N,) difference of HT weights, grid mean
+    d_rev, d_rev_se = _ht_and_se(w * logged.revenue)
+    d_cost, d_cost_se = _ht_and_se(w * logged.cost)
+    return PairedGain(d_rev, d_rev_se, d_cost, d_cost_se)
 
 
 def _predictions(revenue_pred: object, cost_pred: object, n: int) -> tuple[FloatArray, FloatArray]:
@@ -141,10 +173,7 @@ def _predictions(revenue_pred: object, cost_pred: object, n: int) -> tuple[Float
 def lam_for_realized_budget(
     revenue_pred: object,
     cost_pred: object,
-    treatment: object,
-    revenue: object,
-    cost: object,
-    propensity: object,
+    logged: Logged,
     budget: float,
     *,
     tol: float = 1e-4,
@@ -156,26 +185,25 @@ def lam_for_realized_budget(
     The realized (EOM) cost need not be monotone in lam, so this finds a crossing from the
     feasible side, stopping once the spend is within tol (relative) below the budget.
 
-    revenue_pred, cost_pred: (N, K) model outputs; the rest (N,) logged randomized data.
+    revenue_pred, cost_pred: (N, K) model outputs of the N logged (randomized) rows.
     Bisection keeps the feasible side (hi): if even the cheapest-predicted policy overspends,
     the returned lam is the one that reached it (the caller sees the overspend in the EOM cost).
     hi_start: optional known lam (e.g. of a smaller budget or a previous model) used as the
     upper bracket when it fits the budget; otherwise the usual max(r/c) bracket is used.
     """
-    t, r, c, p = _logged(treatment, revenue, cost, propensity)
-    rp, cp = _predictions(revenue_pred, cost_pred, len(t))
-    spend = _RealizedCost(rp, cp, t, c, p)
+    rp, cp = _predictions(revenue_pred, cost_pred, len(logged))
+    spend = _RealizedCost(rp, cp, logged)
     return _lam_search(spend, float(budget), tol, max_iter, hi_start)
 
 
 class _RealizedCost:
     """EOM per-capita cost of pi_lam as a function of lam (set up once per bisection)."""
 
-    def __init__(self, rp: FloatArray, cp: FloatArray, t: IntArray, c: FloatArray, p: FloatArray):
+    def __init__(self, rp: FloatArray, cp: FloatArray, logged: Logged):
         self.choose = dual_chooser(rp, cp)
-        self.t, self.weight = t, c / p
+        self.t, self.weight = logged.treatment, logged.cost / logged.propensity
         self.max_ratio = _max_ratio(rp, cp)
-        self.cost_scale = float(np.mean(np.abs(c)))
+        self.cost_scale = float(np.mean(np.abs(logged.cost)))
 
     def __call__(self, lam: float) -> float:
         return float(np.mean((self.t == self.choose(lam)) * self.weight))
@@ -258,16 +286,13 @@ class BudgetCurve:
         return float(np.mean((self.revenue - self.low.revenue) / denominator))
 
 
-def constant_policies(
-    treatment: object, revenue: object, cost: object, propensity: object, n_treatments: int
-) -> list[PolicyValue]:
+def constant_policies(logged: Logged, n_treatments: int) -> list[PolicyValue]:
     """EOM of 'everybody gets arm j' for j = 0..K-1."""
-    t, r, c, p = _logged(treatment, revenue, cost, propensity)
-    return [_eom_arrays(t, r, c, p, np.full(len(t), j, np.int64)) for j in range(n_treatments)]
+    return [_eom(logged, np.full(len(logged), j, np.int64)) for j in range(n_treatments)]
 
 
 def budget_grid(low: float, high: float, n_budgets: int = 10) -> FloatArray:
-    """Per-capita budgets low + (high - low) * i / n for i = 1..n (ALGORITHMS.md §8.7).
+    """Per-capita budgets low + (high - low) * i / n for i = 1..n (methods §8.7).
 
     The all-low point is left out: there every model spends nothing and scores alike.
     """
@@ -279,24 +304,21 @@ def budget_grid(low: float, high: float, n_budgets: int = 10) -> FloatArray:
 def budget_curve(
     revenue_pred: object,
     cost_pred: object,
-    treatment: object,
-    revenue: object,
-    cost: object,
-    propensity: object,
+    logged: Logged,
     budgets: object | None = None,
     *,
     n_budgets: int = 10,
 ) -> BudgetCurve:
-    """Mode-E budget curve of a model. Predictions (N, K), logged data (N,), budgets (B,).
+    """Mode-E budget curve of a model. Predictions (N, K) of the logged rows, budgets (B,).
 
     Default grid: n_budgets points between the EOM spend of the cheapest and of the dearest
     constant policy (all-control and all-max-arm in the usual case).
     """
-    t, r, c, p = _logged(treatment, revenue, cost, propensity)
+    t = logged.treatment
     rp, cp = _predictions(revenue_pred, cost_pred, len(t))
     if t.max() >= rp.shape[1]:
         raise ValueError(f"treatment {t.max()} has no prediction column (K={rp.shape[1]})")
-    arms = constant_policies(t, r, c, p, rp.shape[1])
+    arms = constant_policies(logged, rp.shape[1])
     order = np.argsort([a.cost for a in arms], kind="stable")
     low, high = arms[int(order[0])], arms[int(order[-1])]
     grid = (
@@ -309,11 +331,11 @@ def budget_curve(
     out = np.zeros((grid.size, 5))
     policy = np.zeros((grid.size, len(t)), np.int64)
     prev_lam: float | None = None
-    spend = _RealizedCost(rp, cp, t, c, p)
+    spend = _RealizedCost(rp, cp, logged)
     for i in np.argsort(grid, kind="stable"):  # budgets ascending: lam of the last one brackets
         lam = _lam_search(spend, float(grid[i]), 1e-4, 60, prev_lam)
         policy[i] = spend.choose(lam)
-        value = _eom_arrays(t, r, c, p, policy[i])
+        value = _eom(logged, policy[i])
         out[i] = (value.revenue, value.cost, value.revenue_se, value.cost_se, lam)
         prev_lam = lam
     rev, cst, rev_se, cst_se, lams = out.T
@@ -334,7 +356,7 @@ def roi_score(revenue_pred: object, cost_pred: object) -> FloatArray:
 def aucc(
     treatment: object, revenue: object, cost: object, score: object, n_bins: int = 200
 ) -> float:
-    """Area under the cost curve for binary treatment (ALGORITHMS.md §3); random ranking ~ 0.5.
+    """Area under the cost curve for binary treatment (methods §3); random ranking ~ 0.5.
 
     Customers are ranked by score (descending); a point (incremental cost, incremental revenue)
     is recorded whenever the incremental cost passes the next of n_bins equal steps, plus the

@@ -1,7 +1,7 @@
 """Budgeted treatment allocation (multi-choice knapsack): exact LP multiplier, then greedy fill.
 
 Problem: maximise sum_i revenue[i, t_i] subject to sum_i cost[i, t_i] <= budget, one treatment per
-customer (ALGORITHMS.md section 1). Costs may be zero, equal or negative and in any order; revenue
+customer (methods §1). Costs may be zero, equal or negative and in any order; revenue
 may be negative; treatment 0 is not assumed to be free.
 
 Method (Sinha-Zoltners): 1. everyone on the cheapest treatment; above the budget ->

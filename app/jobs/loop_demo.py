@@ -63,10 +63,9 @@ def true_curve(
     curve = metrics.budget_curve(
         np.tile(revenue_pred, (k, 1)),
         np.tile(cost_pred, (k, 1)),
-        treatment,
-        truth_revenue.T.ravel(),
-        truth_cost.T.ravel(),
-        np.full(n * k, 1.0 / k),
+        metrics.Logged.of(
+            treatment, truth_revenue.T.ravel(), truth_cost.T.ravel(), np.full(n * k, 1.0 / k)
+        ),
         budgets,
     )
     return curve.revenue, curve.cost

@@ -168,31 +168,18 @@ def curve_of(
     and its policy at each budget's multiplier, (B, N)."""
     x = model.spec.encode({c: holdout[c].to_numpy() for c in model.spec.raw_columns})
     revenue, cost = model.predict(x)  # (N, K)
-    curve = metrics.budget_curve(revenue, cost, *_logged(holdout), budgets)
+    curve = metrics.budget_curve(revenue, cost, _logged(holdout), budgets)
     return curve, curve.policy
 
 
-def _logged(holdout: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """treatment, revenue, cost, propensity: each (N,)."""
-    return (
+def _logged(holdout: pd.DataFrame) -> metrics.Logged:
+    """The held-out rows' treatment, revenue, cost and propensity, validated."""
+    return metrics.Logged.of(
         holdout["treatment"].to_numpy(np.int64),
         holdout["revenue"].to_numpy(np.float64),
         holdout["cost"].to_numpy(np.float64),
         holdout["propensity"].to_numpy(np.float64),
     )
-
-
-def paired_gain(holdout: pd.DataFrame, new: np.ndarray, old: np.ndarray) -> tuple[float, float]:
-    """Mean over the grid of the paired HT revenue difference new - old, and its SE.
-
-    new, old: (B, N) policies. Per customer, the HT terms of both policies share the logged row,
-    so the SE is that of one mean over customers (far tighter than two independent SEs).
-    """
-    treatment, revenue, _, propensity = _logged(holdout)
-    terms = (new == treatment).astype(np.float64) - (old == treatment)  # (B, N)
-    per_customer = (terms * (revenue / propensity)).mean(axis=0)  # (N,)
-    n = len(per_customer)
-    return float(per_customer.mean()), float(per_customer.std(ddof=1) / np.sqrt(n))
 
 
 def compare(
@@ -231,7 +218,8 @@ def compare(
         }
     result["budgets"] = old.budget.tolist()
     gain = new.area - old.area
-    revenue_gain, revenue_gain_se = paired_gain(holdout, new_policy, old_policy)
+    paired = metrics.paired_gain(new_policy, old_policy, _logged(holdout))
+    revenue_gain, revenue_gain_se = paired.revenue, paired.revenue_se
     z = revenue_gain / revenue_gain_se if revenue_gain_se > 0 else 0.0
     result |= {"area_gain": gain, "revenue_gain": revenue_gain,
                "revenue_gain_se": revenue_gain_se, "min_z": settings.retrain_min_z}  # fmt: skip
@@ -295,7 +283,7 @@ def run(job_id: uuid.UUID, workdir: Path) -> None:
             params["method"], data / "rct.parquet", obs if obs.is_file() else None,
             workdir / "model", config_path, progress=False,
         )  # fmt: skip
-        say(f"trained {card['version']}: validation {card['validation']}")
+        say(f"trained {card.version}: validation {card.validation}")
         with factory() as session, session.begin():
             row = models.register(session, registry, workdir / "model")
             challenger = registry.get(row.version)
@@ -306,8 +294,8 @@ def run(job_id: uuid.UUID, workdir: Path) -> None:
                 models.activate(session, registry, row.version)
             done = finish(
                 session, job_id, status="succeeded", new_version=row.version, activated=activate,
-                data={**counts, "training_data": card.get("training_data", {})},
-                metrics={"validation": card.get("validation", {}),
+                data={**counts, "training_data": card.training_data},
+                metrics={"validation": card.validation,
                          **{f"holdout_{r}_eom_area": comparison[r]["eom_area"]
                             for r in ("champion", "challenger") if r in comparison}},
                 comparison=comparison,

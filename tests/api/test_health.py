@@ -97,12 +97,19 @@ def test_broken_active_model_leaves_service_live(
 
 
 def test_service_never_imports_torch() -> None:
+    """The service imports neither torch nor training; the CLI and the jobs package load no
+    torch until a command needs it (the CLI reads training.config, stdlib only, for options)."""
     code = (
         "import sys\n"
-        "import app.main, app.inference, app.registry, app.cli\n"
+        "import app.main, app.inference, app.registry, app.jobs.runner\n"
         "from app.config import Settings\n"
         "app.main.create_app(Settings())\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'training'))\n"
+        "assert not bad, bad\n"
+        "import app.cli, app.jobs.demo, app.jobs.loop_demo, app.jobs.retrain\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'torch'\n"
+        "             or (m.startswith('training') and m != 'training.config'\n"
+        "                 and m != 'training'))\n"
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

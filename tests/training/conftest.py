@@ -13,7 +13,6 @@ from training.data.simulator import simulate
 TINY = {
     "epochs": 3, "prediction_epochs": 3, "teacher_epochs": 2, "steps_per_epoch": 12,
     "batch_size": 128, "hidden": (16, 8), "rct_upper_batch": 256, "n_cg": 5,
-    "extra": {"progress": False},
 }  # fmt: skip
 
 

@@ -26,7 +26,7 @@ def test_cg_stops_on_negative_curvature_without_blowing_up():
 
 
 def _problem(seed: int = 0):
-    """Ridge regression whose labels mix two sources through a gate sigmoid(Z phi) (like §5.2)."""
+    """Ridge regression whose labels mix two sources through a gate sigmoid(Z phi), methods §5.2."""
     g = torch.Generator().manual_seed(seed)
     n, d, e = 40, 5, 3
     x = torch.randn(n, d, generator=g, dtype=torch.float64)

@@ -6,11 +6,17 @@ import pytest
 import torch
 
 from training import losses
+from training.splits import Split
+
+
+def _batch(t, r, c, p) -> Split:
+    """The logged record the decision losses read (features are not needed here)."""
+    return Split(torch.empty(len(t), 0), t, r, c, p)
 
 
 def _hajek_q(rev_hat, cost_hat, t, r, c, p, lam):
     chosen = (rev_hat - lam * cost_hat).argmax(dim=1)
-    return float(losses.hajek_dual_value(chosen == t, r, c, p, lam))
+    return float(losses.hajek_dual_value(chosen == t, _batch(t, r, c, p), lam))
 
 
 def _tiny(n: int, k: int, seed: int):
@@ -28,7 +34,7 @@ def test_ifd_matches_brute_force_resolve():
     """Each row's IFD entry equals (Q after re-solving with that row's flip - Q) / step."""
     t, r, c, p, rev_hat, cost_hat = _tiny(12, 3, seed=1)
     lam = 0.7
-    g_r, g_c = losses.ifd_gradients(rev_hat, cost_hat, t, r, c, p, lam, h=None)
+    g_r, g_c = losses.ifd_gradients(rev_hat, cost_hat, _batch(t, r, c, p), lam, h=None)
     q1 = _hajek_q(rev_hat, cost_hat, t, r, c, p, lam)
     score = rev_hat - lam * cost_hat
     checked = 0
@@ -66,8 +72,8 @@ def test_ifd_fix_clip_only_keeps_rows_near_the_boundary():
     t, r, c, p, rev_hat, cost_hat = _tiny(40, 3, seed=2)
     lam = 0.5
     score = rev_hat - lam * cost_hat
-    g_raw, _ = losses.ifd_gradients(rev_hat, cost_hat, t, r, c, p, lam, h=None)
-    g_fix, _ = losses.ifd_gradients(rev_hat, cost_hat, t, r, c, p, lam, h=0.2)
+    g_raw, _ = losses.ifd_gradients(rev_hat, cost_hat, _batch(t, r, c, p), lam, h=None)
+    g_fix, _ = losses.ifd_gradients(rev_hat, cost_hat, _batch(t, r, c, p), lam, h=0.2)
     top2 = score.topk(2, dim=1)
     other = torch.where(top2.indices[:, 0] == t, top2.indices[:, 1], top2.indices[:, 0])
     gap = (score[torch.arange(40), other] - score[torch.arange(40), t]).abs()
@@ -118,11 +124,12 @@ def _ranking_case():
 
 def test_pl_mer_ppl_rank_the_better_policy_lower():
     t, r, c, p, good, bad, cost_hat = _ranking_case()
+    b = _batch(t, r, c, p)
     for name, fn in {
-        "pl": lambda rh: losses.mer_loss(rh, cost_hat, t, r, c, p, [0.5, 2.0], tau=1.0),
-        "mer": lambda rh: losses.mer_loss(rh, cost_hat, t, r, c, p, [0.5, 2.0], tau=0.1),
-        "ppl": lambda rh: losses.ppl_loss(rh, cost_hat, t, r, c, p, 2.0, tau=0.3),
-        "ppl-dual": lambda rh: losses.ppl_loss(rh, cost_hat, t, r, c, p, 2.0, 0.3, reward="dual"),
+        "pl": lambda rh: losses.mer_loss(rh, cost_hat, b, [0.5, 2.0], tau=1.0),
+        "mer": lambda rh: losses.mer_loss(rh, cost_hat, b, [0.5, 2.0], tau=0.1),
+        "ppl": lambda rh: losses.ppl_loss(rh, cost_hat, b, 2.0, tau=0.3),
+        "ppl-dual": lambda rh: losses.ppl_loss(rh, cost_hat, b, 2.0, 0.3, reward="dual"),
     }.items():
         assert float(fn(good)) < float(fn(bad)), name
 
@@ -142,10 +149,11 @@ def test_prediction_loss_is_zero_for_perfect_factual_predictions_and_weights_bal
 def test_decision_losses_have_gradients_that_improve_a_bad_policy():
     """One gradient step from the bad predictions lowers each differentiable loss."""
     t, r, c, p, _, bad, cost_hat = _ranking_case()
+    b = _batch(t, r, c, p)
     for fn in (
-        lambda rh: losses.ppl_loss(rh, cost_hat, t, r, c, p, 2.0, tau=1.0),
-        lambda rh: losses.pifd_loss(rh, cost_hat, t, r, c, p, 2.0, tau=1.0, h=2.0),
-        lambda rh: losses.mer_loss(rh, cost_hat, t, r, c, p, [2.0], tau=0.5),
+        lambda rh: losses.ppl_loss(rh, cost_hat, b, 2.0, tau=1.0),
+        lambda rh: losses.pifd_loss(rh, cost_hat, b, 2.0, tau=1.0, h=2.0),
+        lambda rh: losses.mer_loss(rh, cost_hat, b, [2.0], tau=0.5),
     ):
         rh = bad.clone().requires_grad_(True)
         value = fn(rh)
@@ -190,7 +198,7 @@ def test_smoothed_ifd_surrogate_is_bounded_however_large_the_predictions():
     for blow_up in (1.0, 1e3, 1e6):
         big = rev_hat * blow_up
         width = 0.3 * float((big - 0.5 * cost_hat).std())
-        g_r, _ = losses.ifd_gradients(big, cost_hat, t, r, c, p, 0.5, h=width)
+        g_r, _ = losses.ifd_gradients(big, cost_hat, _batch(t, r, c, p), 0.5, h=width)
         assert g_r.abs().sum() > 0
-        smooth = losses.ifd_loss(big, cost_hat, t, r, c, p, [0.5], h=0.3, tau=1.0)
+        smooth = losses.ifd_loss(big, cost_hat, _batch(t, r, c, p), [0.5], h=0.3, tau=1.0)
         assert abs(float(smooth)) <= float(g_r.abs().sum()) + 1e-12

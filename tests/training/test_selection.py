@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
+from app.core import metrics
 from training.data import load_table
 from training.nets import OutcomeNet
-from training.selection import Candidate, Checkpoints, Scored, averaged_epochs
+from training.selection import Candidate, Checkpoints, Scored, averaged_epochs, score
 from training.splits import Split
-from training.train import resolve_outcome_loss
+from training.train import Trainer, prepare, resolve_outcome_loss
 
 
 def _net(fill: float) -> OutcomeNet:
@@ -106,3 +107,28 @@ def test_outcome_loss_auto_resolves_by_the_sign_of_the_labels(tmp_path, tiny_con
     with pytest.raises(ValueError, match=r"refunds\.csv: column 'revenue' has -2\.5 at row 2"):
         resolve_outcome_loss(cfg.replace(outcome_loss="poisson"), [refunds])
     assert math.isfinite(refunds.revenue.sum())
+
+
+def test_selection_gain_is_the_metrics_paired_gain_over_the_grid(tiny_tables, tiny_config):
+    """The gain selection records is app.core.metrics.paired_gain of the grid policies: the
+    mean over the budgets of the per-budget paired HT differences, with its SE."""
+    rct, obs = tiny_tables
+    cfg = tiny_config("tsm-rct", outcome_loss="poisson")
+    _, tr, val, obs_split = prepare(cfg, rct, obs)
+    run = Trainer(cfg, tr, val, obs_split, progress=False)
+    net = run.outcome_net(tr, 0)
+    run.prediction_epochs(net, tr, 2, True, "fit")
+    scored = score(net, val, run.val_budgets)
+    anchor = np.roll(scored.policies, 1, axis=1)  # some other policies on the same rows
+    candidate = Candidate(scored, {})
+    default = Candidate(_scored("default", anchor), {})
+    Checkpoints(candidates=[candidate, default]).choose(val, 2.0, default)
+    logged = val.logged()
+    by_budget = [
+        metrics.paired_gain(a, b, logged).revenue
+        for a, b in zip(scored.policies, anchor, strict=True)
+    ]
+    paired = metrics.paired_gain(scored.policies, anchor, logged)
+    assert scored.row["val_gain"] == paired.revenue == pytest.approx(np.mean(by_budget))
+    assert scored.row["val_gain_se"] == paired.revenue_se > 0
+    assert (default.scored.row["val_gain"], default.scored.row["val_gain_se"]) == (0.0, 0.0)

@@ -72,7 +72,8 @@ def test_eom_of_fixed_policy_covers_truth_across_seeds() -> None:
         pol = _policy(rct)
         revenue, _ = data.expected(rct)
         truth = revenue[np.arange(len(rct)), pol].mean()
-        value = metrics.eom(rct["treatment"], rct["revenue"], rct["cost"], rct["propensity"], pol)
+        logged = metrics.Logged.of(rct["treatment"], rct["revenue"], rct["cost"], rct["propensity"])
+        value = metrics.eom(logged, pol)
         z.append((value.revenue - truth) / value.revenue_se)
     z = np.abs(np.array(z))
     assert np.mean(z < 1.96) >= 0.8, z
