@@ -14,19 +14,7 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.db import make_engine
 from app.services import outcomes
-
-
-def _allocation(client: TestClient, customers: Any, n: int = 30) -> dict[str, Any]:
-    body = {
-        "budget": 2.5,
-        "per_capita": True,
-        "customers": customers(n),
-        "exploration_rate": 0.5,
-        "seed": 3,
-    }
-    r = client.post("/v1/allocations", json=body)
-    assert r.status_code == 201, r.text
-    return r.json()
+from tests.utils.api import explored_allocation
 
 
 def _stored(client: TestClient, allocation_id: str) -> list[dict[str, Any]]:
@@ -36,7 +24,7 @@ def _stored(client: TestClient, allocation_id: str) -> list[dict[str, Any]]:
 
 
 def test_record_upsert_and_read_back(client: TestClient, customers: Any) -> None:
-    alloc = _allocation(client, customers)
+    alloc = explored_allocation(client, customers)
     url = f"/v1/allocations/{alloc['id']}/outcomes"
     first = [{"customer_id": f"c{i}", "revenue": 10.0 + i, "cost": 1.0} for i in range(5)]
     r = client.post(url, json={"outcomes": first})
@@ -63,7 +51,7 @@ def test_record_upsert_and_read_back(client: TestClient, customers: Any) -> None
 
 
 def test_unknown_ids_nan_and_repeats_write_nothing(client: TestClient, customers: Any) -> None:
-    alloc = _allocation(client, customers, 10)
+    alloc = explored_allocation(client, customers, 10)
     url = f"/v1/allocations/{alloc['id']}/outcomes"
     good = [{"customer_id": "c1", "revenue": 5.0, "cost": 1.0}]
     r = client.post(url, json={"outcomes": good + [
@@ -90,7 +78,7 @@ def test_unknown_ids_nan_and_repeats_write_nothing(client: TestClient, customers
 def test_bulk_import_uses_the_same_checks(
     client: TestClient, customers: Any, settings: Settings, tmp_path: Path
 ) -> None:
-    alloc = _allocation(client, customers, 40)
+    alloc = explored_allocation(client, customers, 40)
     allocation_id = uuid.UUID(alloc["id"])
     frame = pd.DataFrame({"customer_id": [f"c{i}" for i in range(40)],
                           "revenue": [float(i) for i in range(40)], "cost": 0.5})  # fmt: skip
@@ -109,25 +97,3 @@ def test_bulk_import_uses_the_same_checks(
     engine.dispose()
     assert written.n_outcomes == 40
     assert client.get(f"/v1/allocations/{alloc['id']}/outcomes").json()["n_outcomes"] == 40
-
-
-def test_cli_import(client: TestClient, customers: Any, settings: Settings, tmp_path: Path) -> None:
-    from typer.testing import CliRunner
-
-    from app.cli import app as cli
-
-    alloc = _allocation(client, customers, 10)
-    frame = pd.DataFrame({"customer_id": ["c0", "c1"], "revenue": [3.0, 0.0], "cost": [0.1, 0.2]})
-    good = tmp_path / "good.csv"
-    frame.to_csv(good, index=False)
-    env = {"DFCL_DATABASE_URL": settings.database_url, "DFCL_MODELS_DIR": str(tmp_path)}
-    runner = CliRunner()
-    ok = runner.invoke(cli, ["outcomes", "import", str(good), "--allocation", alloc["id"]], env=env)
-    assert ok.exit_code == 0 and "2 outcomes written" in ok.output, ok.output
-    bad = tmp_path / "bad.csv"
-    frame.assign(customer_id=["c0", "stranger"]).to_csv(bad, index=False)
-    refused = runner.invoke(
-        cli, ["outcomes", "import", str(bad), "--allocation", alloc["id"]], env=env
-    )
-    assert refused.exit_code == 2 and "'stranger'" in refused.output
-    assert client.get(f"/v1/allocations/{alloc['id']}/outcomes").json()["n_outcomes"] == 2
