@@ -162,14 +162,12 @@ def build_data(
 
 
 def curve_of(
-    model: OnnxModel, holdout: pd.DataFrame, budgets: list[float] | None
-) -> tuple[Any, np.ndarray]:
-    """Mode-E EOM budget curve of an exported model (onnxruntime) on held-out randomized rows,
-    and its policy at each budget's multiplier, (B, N)."""
-    x = model.spec.encode({c: holdout[c].to_numpy() for c in model.spec.raw_columns})
-    revenue, cost = model.predict(x)  # (N, K)
-    curve = metrics.budget_curve(revenue, cost, _logged(holdout), budgets)
-    return curve, curve.policy
+    model: OnnxModel, holdout: pd.DataFrame, logged: metrics.Logged, budgets: list[float] | None
+) -> metrics.BudgetCurve:
+    """Mode-E EOM budget curve of an exported model (onnxruntime) on held-out randomized rows;
+    `curve.policy` (B, N) is its policy at each budget's multiplier."""
+    revenue, cost = model.predict_columns(holdout)  # (N, K)
+    return metrics.budget_curve(revenue, cost, logged, budgets)
 
 
 def _logged(holdout: pd.DataFrame) -> metrics.Logged:
@@ -205,8 +203,9 @@ def compare(
         return result
     holdout = pd.read_parquet(holdout_path)
     budgets = settings.retrain_budgets
-    old, old_policy = curve_of(champion, holdout, budgets)
-    new, new_policy = curve_of(challenger, holdout, budgets)
+    logged = _logged(holdout)  # validated once, shared by both curves and the paired gain
+    old = curve_of(champion, holdout, logged, budgets)
+    new = curve_of(challenger, holdout, logged, budgets)
     for role, model, c in (("champion", champion, old), ("challenger", challenger, new)):
         result[role] = {
             "version": model.version,
@@ -218,7 +217,7 @@ def compare(
         }
     result["budgets"] = old.budget.tolist()
     gain = new.area - old.area
-    paired = metrics.paired_gain(new_policy, old_policy, _logged(holdout))
+    paired = metrics.paired_gain(new.policy, old.policy, logged)
     revenue_gain, revenue_gain_se = paired.revenue, paired.revenue_se
     z = revenue_gain / revenue_gain_se if revenue_gain_se > 0 else 0.0
     result |= {"area_gain": gain, "revenue_gain": revenue_gain,
