@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from app.core.features import FeatureSpec
 from app.core.model_card import ModelCard
+
+if TYPE_CHECKING:
+    import torch
 
 TREATMENTS = ("control", "email", "discount")
 SPEC = FeatureSpec(numeric=("recency", "history"), categorical={"channel": ("Phone", "Web")})
@@ -21,7 +25,7 @@ SPEC = FeatureSpec(numeric=("recency", "history"), categorical={"channel": ("Pho
 COST_BASE = (0.1, 1.0, 2.0)
 
 
-def _net(n_features: int, k: int, hidden: int, scale: list[float], seed: int):  # noqa: ANN202
+def _net(n_features: int, k: int, hidden: int, scale: list[float], seed: int) -> torch.nn.Module:
     """features (B, F) -> revenue (B, K) >= 0 and cost (B, K) > 0, rising with the arm."""
     import torch  # dev install only; the service never imports it
 
