@@ -296,11 +296,18 @@ def _upgrades(
     return row, treatment, dcost, dgain
 
 
-def _greedy_fill(R: FloatArray, C: FloatArray, state: State, total: float) -> State:
-    """Spend the leftover on upgrades with the best revenue gain per extra cost that fit."""
+def _greedy_fill(
+    R: FloatArray, C: FloatArray, state: State, total: float, rounds: int = _FILL_ROUNDS
+) -> State:
+    """Spend the leftover on upgrades with the best revenue gain per extra cost that fit.
+
+    Round 1 scans every customer; each later round only the customers upgraded in the one
+    before (everyone else's moves no longer fit). `app.core.batch` runs round 1 over chunks and
+    hands the rest to this function on the upgraded customers alone, hence `rounds`.
+    """
     t, cur_c, cur_r = state
     rows: IntArray | None = None
-    for _ in range(_FILL_ROUNDS):
+    for _ in range(rounds):
         rem = total - float(np.sum(cur_c))
         if rem <= 0:
             break
