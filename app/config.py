@@ -89,6 +89,22 @@ class Settings(BaseSettings):
         description="Per-capita budgets of the comparison; empty: 10 points between the "
         "held-out data's cheapest and dearest arm.",
     )
+    # Campaign-scale allocation jobs (POST /v1/allocation-jobs, dfcl allocate).
+    jobs_dir: Path | None = Field(
+        default=None, description="Allocation job directories; empty means <data_dir>/jobs."
+    )
+    batch_engine: Literal["local", "ray"] = Field(
+        default="local",
+        description="Where allocation jobs run their passes: this host, or Ray (the [scale] "
+        "extra).",
+    )
+    ray_address: str = Field(
+        default="",
+        description="Ray cluster to join (ray.init(address=...)); empty starts a local Ray.",
+    )
+    batch_chunk_rows: int = Field(
+        default=65_536, ge=1_024, description="Customers per chunk an allocation job scores."
+    )
     host: str = Field(default="127.0.0.1", description="`dfcl serve` bind address.")
     port: int = Field(default=8000, ge=1, le=65535, description="`dfcl serve` port.")
     log_level: str = Field(default="info", description="Python/uvicorn log level.")
@@ -118,4 +134,6 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{self.data_dir / 'dfcl.db'}"
         if self.retrain_dir is None:
             self.retrain_dir = self.data_dir / "retrain"
+        if self.jobs_dir is None:
+            self.jobs_dir = self.data_dir / "jobs"
         return self
