@@ -1,8 +1,10 @@
 """Exploration: a random share of customers gets a uniformly random treatment, with its propensity.
 
 Budget rule (the total predicted cost never exceeds the budget):
-1. Each customer is explored independently with probability `rate` (one seeded draw per
-   allocation); an explored customer gets a treatment drawn uniformly from 0..K-1.
+1. Each customer is explored independently with probability `rate`; an explored customer gets a
+   treatment drawn uniformly from 0..K-1. Both draws are a hash of (seed, customer position)
+   (`draw`), so a customer's draw does not depend on how the table is chunked: a campaign-scale
+   job (app/jobs/allocate.py) explores exactly the customers this function would.
 2. Explored customers are charged their predicted cost of that treatment first.
 3. The solver allocates what is left of the budget to the other customers.
 4. If the explored customers' cost leaves less than the others' cheapest assignment, the
@@ -56,6 +58,31 @@ def new_seed() -> int:
     return int(np.random.SeedSequence().generate_state(1, np.uint64)[0] % SEED_LIMIT)
 
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """SplitMix64's finaliser: a bijective scramble of 64-bit counters into uniform bits."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def draw(seed: int, rows: IntArray, rate: float, k: int) -> tuple[npt.NDArray[np.bool_], IntArray]:
+    """Who is explored and the uniform arm each would get, for customers at positions `rows`.
+
+    Counter-based (a hash of seed and position, two independent streams), so any chunk of a
+    table draws the same values as the whole table.
+    """
+    with np.errstate(over="ignore"):
+        base = np.uint64(seed % SEED_LIMIT) * _GOLDEN + rows.astype(np.uint64) * np.uint64(2)
+        u_explore = (_mix(base) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+        u_arm = (_mix(base + np.uint64(1)) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    explored: npt.NDArray[np.bool_] = u_explore < rate
+    arm: IntArray = np.minimum((u_arm * k).astype(np.int64), k - 1)
+    return explored, arm
+
+
 def allocate_with_exploration(
     revenue: FloatArray, cost: FloatArray, budget: float, rate: float, seed: int
 ) -> Explored:
@@ -74,11 +101,7 @@ def allocate_with_exploration(
             plain.treatment, np.zeros(n, bool), np.ones(n), plain.lam,
             plain.revenue, plain.cost, plain.budget,
         )  # fmt: skip
-    rng = np.random.default_rng(seed)
-    explored: npt.NDArray[np.bool_] = np.asarray(rng.random(n) < rate)  # (N,) Bernoulli(rate)
-    drawn: IntArray = np.asarray(
-        rng.integers(0, k, size=n), dtype=np.int64
-    )  # (N,) uniform arm, used where explored
+    explored, drawn = draw(seed, rows, rate, k)  # (N,) Bernoulli(rate), uniform arm
     treatment = np.where(explored, drawn, 0)
     explored_cost = float(cost[rows[explored], drawn[explored]].sum())
     rest = ~explored
