@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from app.cli import data, keys, loop, outcomes, service, train
+from app.cli import allocate, data, keys, loop, outcomes, service, train
 
 app = typer.Typer(
     name="dfcl",
@@ -16,7 +16,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-for group in (data, train, service, keys, outcomes, loop):
+for group in (data, train, service, keys, outcomes, loop, allocate):
     group.register(app)
 
 

@@ -40,6 +40,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from app.config import Settings
@@ -301,7 +302,8 @@ def score_batch(
         columns[name] = _numeric_column(name, record.column(name), first_row)
     for name in spec.categorical:
         columns[name] = _category_column(record.column(name))
-    x = spec.encode(columns)  # (n, F) float32
+    with np.errstate(over="ignore"):  # overflow to inf is reported below, naming the row
+        x = spec.encode(columns)  # (n, F) float32
     if not np.isfinite(x).all():  # finite in float64 but not in float32 (|x| > 3.4e38)
         row, col = (int(v) for v in np.argwhere(~np.isfinite(x))[0])
         name = spec.encoded_names[col]
@@ -532,12 +534,17 @@ def score_local(
             ids.append(block.column(ID).combine_chunks())
             n += block.num_rows
             progress(n)
-    finally:
         if writer is not None:
             writer.close()
-    if n == 0:
-        raise BatchInputError(f"{source.files[0].name}: the customer table has no rows")
-    check_unique(ids, request.id_column)
+            writer = None
+        if n == 0:
+            raise BatchInputError(f"{source.files[0].name}: the customer table has no rows")
+        check_unique(ids, request.id_column)
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        spill.unlink(missing_ok=True)
+        raise
     return LocalTable(spill, n)
 
 
@@ -561,14 +568,11 @@ def check_unique(ids: list[pa.Array], name: str) -> None:
 
 
 def _resolve_model(
-    settings: Settings, version: str | None
-) -> tuple[OnnxModel, Callable[[], Session]]:
-    engine = make_engine(settings)
-    factory = make_sessionmaker(engine)
+    factory: Callable[[], Session], settings: Settings, version: str | None
+) -> OnnxModel:
     registry = Registry(settings.models_dir, threads=settings.inference_threads or 0)
     with factory() as session:
-        model = models.resolve(session, registry, version)
-    return model, factory
+        return models.resolve(session, registry, version)
 
 
 def run_batch(
@@ -590,6 +594,23 @@ def run_batch(
     """
     _check_request(request)
     workdir.mkdir(parents=True, exist_ok=True)
+    db = make_engine(settings)
+    try:
+        return _run(request, settings, workdir, store, on_progress, cancelled, on_commit, db)
+    finally:
+        db.dispose()
+
+
+def _run(
+    request: BatchRequest,
+    settings: Settings,
+    workdir: Path,
+    store: bool,
+    on_progress: Callable[[Progress], None],
+    cancelled: Callable[[], bool],
+    on_commit: Callable[[Session, uuid.UUID], None] | None,
+    db: Engine,
+) -> BatchResult:
     timings: dict[str, float] = {}
     clock = perf_counter()
 
@@ -599,7 +620,8 @@ def run_batch(
         timings[name] = round(now - clock, 4)
         clock = now
 
-    model, factory = _resolve_model(settings, request.model_version)
+    factory = make_sessionmaker(db)
+    model = _resolve_model(factory, settings, request.model_version)
     source = Source.open(request.source)
     total_hint = source.n_rows_hint()
 
