@@ -129,9 +129,16 @@ def record(
     _check_values(customer_ids, revenue_values, cost_values)
     if session.get(Allocation, allocation_id) is None:
         raise NotFound(f"allocation {allocation_id} does not exist")
-    known = set(
-        session.scalars(select(Decision.customer_id).where(Decision.allocation_id == allocation_id))
-    )
+    known: set[str] = set()
+    for start in range(0, len(customer_ids), _CHUNK):  # only the ids given: a campaign-scale
+        part = customer_ids[start : start + _CHUNK]  # allocation holds millions of decisions
+        known.update(
+            session.scalars(
+                select(Decision.customer_id).where(
+                    Decision.allocation_id == allocation_id, Decision.customer_id.in_(part)
+                )
+            )
+        )
     unknown = [i for i in customer_ids if i not in known]
     if unknown:
         raise InvalidInput(
