@@ -676,7 +676,7 @@ def _run(
         on_progress(Progress("done", n, n, 1.0))
         return result
     except BaseException:
-        decisions_path.unlink(missing_ok=True)
+        remove_output(decisions_path)
         raise
     finally:
         table.close()
@@ -740,11 +740,25 @@ def solve_table(
 def _totals(path: Path) -> tuple[float, float]:
     """Total predicted revenue and cost of the written decisions."""
     revenue = cost = 0.0
-    with pq.ParquetFile(path) as f:
-        for rb in f.iter_batches(columns=["expected_revenue", "expected_cost"]):
-            revenue += float(pc.sum(rb.column(0)).as_py() or 0.0)
-            cost += float(pc.sum(rb.column(1)).as_py() or 0.0)
+    for part in _parts(path):
+        with pq.ParquetFile(part) as f:
+            for rb in f.iter_batches(columns=["expected_revenue", "expected_cost"]):
+                revenue += float(pc.sum(rb.column(0)).as_py() or 0.0)
+                cost += float(pc.sum(rb.column(1)).as_py() or 0.0)
     return revenue, cost
+
+
+def _parts(path: Path) -> list[Path]:
+    """A decisions output: one Parquet file (local engine) or a directory of parts (Ray)."""
+    return sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+
+
+def remove_output(path: Path) -> None:
+    """Delete a decisions output, file or directory of parts."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------- storing
@@ -796,7 +810,7 @@ def insert_decisions(session: Session, allocation_id: uuid.UUID, path: Path) -> 
     """
     raw = session.connection().connection.driver_connection
     columns = ", ".join(("allocation_id", *_STORED))
-    parts = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    parts = _parts(path)
     if session.get_bind().dialect.name == "postgresql":
         cursor = raw.cursor()  # type: ignore[union-attr]
         with cursor.copy(f"COPY decisions ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
