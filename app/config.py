@@ -105,6 +105,16 @@ class Settings(BaseSettings):
     batch_chunk_rows: int = Field(
         default=65_536, ge=1_024, description="Customers per chunk an allocation job scores."
     )
+    batch_input_roots: list[Path] = Field(
+        default_factory=list,
+        description="Directories whose files POST /v1/allocation-jobs may name by `path`; "
+        "empty: only uploads (POST /v1/uploads).",
+    )
+    max_upload_bytes: int = Field(
+        default=64 * 1024**3, ge=1024,
+        description="Largest customer file POST /v1/uploads accepts (413 above); streamed to "
+        "disk, never held in memory.",
+    )  # fmt: skip
     host: str = Field(default="127.0.0.1", description="`dfcl serve` bind address.")
     port: int = Field(default=8000, ge=1, le=65535, description="`dfcl serve` port.")
     log_level: str = Field(default="info", description="Python/uvicorn log level.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -51,14 +52,18 @@ class Deadline:
 
 
 class RequestTimeouts:
-    """Answers 504 once a request outlives `timeout_s`; its work then finishes and rolls back."""
+    """Answers 504 once a request outlives `timeout_s`; its work then finishes and rolls back.
 
-    def __init__(self, app: ASGIApp, timeout_s: float) -> None:
+    Paths in `exempt` (streamed uploads, which last as long as the transfer) have no deadline.
+    """
+
+    def __init__(self, app: ASGIApp, timeout_s: float, exempt: Collection[str] = ()) -> None:
         self.app = app
         self.timeout_s = timeout_s
+        self.exempt = frozenset(exempt)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.timeout_s <= 0:
+        if scope["type"] != "http" or self.timeout_s <= 0 or scope["path"] in self.exempt:
             await self.app(scope, receive, send)
             return
         deadline = Deadline(self.timeout_s)
@@ -93,24 +98,37 @@ _no_request: Any = None
 
 
 class BodyLimit:
-    """413 in the {error, detail} shape for bodies over `max_bytes`, declared or streamed."""
+    """413 in the {error, detail} shape for bodies over `max_bytes`, declared or streamed.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    `per_path` gives some paths their own limit and the setting that names it: a streamed
+    upload (written to disk block by block) may be far larger than a JSON body.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        per_path: Mapping[str, tuple[int, str]] | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.per_path = dict(per_path or {})
 
-    def _error(self) -> StarletteHTTPException:
+    def _error(self, max_bytes: int, setting: str) -> StarletteHTTPException:
         return StarletteHTTPException(
-            413, f"request body is larger than {self.max_bytes} bytes (DFCL_MAX_BODY_BYTES)"
+            413, f"request body is larger than {max_bytes} bytes ({setting})"
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes, setting = self.per_path.get(
+            scope["path"], (self.max_bytes, "DFCL_MAX_BODY_BYTES")
+        )
         declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            await render_http(_no_request, self._error())(scope, receive, send)
+        if declared.isdigit() and int(declared) > max_bytes:
+            await render_http(_no_request, self._error(max_bytes, setting))(scope, receive, send)
             return
         received = 0
 
@@ -119,8 +137,9 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise self._error()  # FastAPI re-raises it; errors.render_http answers
+                if received > max_bytes:
+                    # FastAPI re-raises it; errors.render_http answers
+                    raise self._error(max_bytes, setting)
             return message
 
         await self.app(scope, limited_receive, send)

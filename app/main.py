@@ -20,7 +20,16 @@ from app.db import make_engine, make_sessionmaker, prepare_schema
 from app.limits import BodyLimit, RequestTimeouts
 from app.middleware import RequestContext, ServerTiming
 from app.registry import Registry
-from app.routes import allocations, budget_curve, health, metrics, models, outcomes, retrain
+from app.routes import (
+    allocation_jobs,
+    allocations,
+    budget_curve,
+    health,
+    metrics,
+    models,
+    outcomes,
+    retrain,
+)
 from app.services import models as model_service
 
 log = logging.getLogger(__name__)
@@ -95,12 +104,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(outcomes.router, responses=AUTH_ERRORS)
     app.include_router(retrain.router, responses=AUTH_ERRORS)
     app.include_router(budget_curve.router, responses=AUTH_ERRORS)
+    app.include_router(allocation_jobs.uploads_router, responses=AUTH_ERRORS)
+    app.include_router(allocation_jobs.router, responses=AUTH_ERRORS)
     if settings.metrics_enabled:
         app.include_router(metrics.make_router(settings.metrics_require_key))
     errors.document_errors(app)
     # Last added runs first: request id/metrics/logs, then body limit, deadline, timings.
     app.add_middleware(ServerTiming)
-    app.add_middleware(RequestTimeouts, timeout_s=settings.request_timeout_s)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    # Uploads stream to disk: their own size limit and no deadline (they last as long as the
+    # transfer); everything else keeps the JSON body limit and the request timeout.
+    uploads = allocation_jobs.uploads_router.prefix
+    app.add_middleware(RequestTimeouts, timeout_s=settings.request_timeout_s, exempt=(uploads,))
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.max_body_bytes,
+        per_path={uploads: (settings.max_upload_bytes, "DFCL_MAX_UPLOAD_BYTES")},
+    )
     app.add_middleware(RequestContext)
     return app

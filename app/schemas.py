@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
 FeatureValue = float | int | str | bool | None
 
@@ -367,3 +367,126 @@ class BudgetCurveRead(BaseModel):
         description="Total cost of everyone's best treatment: more budget buys nothing."
     )
     points: list[BudgetPoint]
+
+
+# --- campaign-scale allocation jobs ---------------------------------------------------------
+
+
+class UploadRead(BaseModel):
+    """A customer table streamed to the server; name it by `upload_id` in an allocation job."""
+
+    upload_id: uuid.UUID
+    format: str = Field(description="parquet or csv")
+    bytes: int
+
+
+class AllocationJobCreate(BaseModel):
+    """One budget across a whole customer table (Parquet or CSV), allocated in the background.
+
+    The table has an id column and the model's raw feature columns. Name it by `upload_id`
+    (POST /v1/uploads) or, when the server allows it (DFCL_BATCH_INPUT_ROOTS), by a server
+    `path` (a file, or a directory of .parquet or .csv files).
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "upload_id": "3f1c2a9e-5b7d-4e8f-9a10-1b2c3d4e5f60",
+                    "budget": 1.5,
+                    "per_capita": True,
+                    "campaign": "spring-2026",
+                }
+            ]
+        },
+    )
+
+    path: str | None = Field(
+        None, min_length=1, max_length=4096,
+        description="Server path under one of DFCL_BATCH_INPUT_ROOTS (file or directory).",
+    )  # fmt: skip
+    upload_id: uuid.UUID | None = Field(None, description="An upload from POST /v1/uploads.")
+    budget: float = Field(
+        ge=0, allow_inf_nan=False, description="Total budget (or per customer if per_capita)."
+    )
+    per_capita: bool = Field(
+        False, description="If true, `budget` is per customer; the total is budget x customers."
+    )
+    model_version: str | None = Field(
+        None, max_length=128, description="A registered version; default: the active one."
+    )
+    campaign: str | None = Field(None, max_length=128, description="Free label to filter by.")
+    exploration_rate: float | None = Field(
+        None, ge=0.0, le=1.0, allow_inf_nan=False,
+        description="As on POST /v1/allocations; default DFCL_EXPLORATION_RATE.",
+    )  # fmt: skip
+    seed: int | None = Field(
+        None, ge=0, lt=2**63, description="Seed of the exploration draw; default: new."
+    )
+    id_column: str = Field(
+        "customer_id", min_length=1, max_length=128, description="The customer id column."
+    )
+    engine: Literal["local", "ray"] | None = Field(
+        None, description="Where the passes run; default DFCL_BATCH_ENGINE."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AllocationJobCreate:
+        """The table comes from exactly one place."""
+        if (self.path is None) == (self.upload_id is None):
+            raise ValueError("give exactly one of `path` and `upload_id`")
+        return self
+
+
+class AllocationJobLinks(BaseModel):
+    """Where to follow the job and, once it succeeded, its results."""
+
+    self: str
+    allocation: str | None = Field(None, description="The stored allocation, once succeeded.")
+    decisions: str | None = Field(None, description="Decisions as Parquet, once succeeded.")
+
+
+class AllocationJobRead(BaseModel):
+    """An allocation job: state, progress and, once succeeded, its allocation."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    status: str = Field(description="queued, running, succeeded, failed or cancelled")
+    phase: str = Field(description="queued, reading, solving, writing, storing or done")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    params: dict[str, Any] = Field(description="The request as accepted (defaults filled in).")
+    rows_read: int
+    rows_scored: int
+    progress: float = Field(description="Overall estimate, 0..1.")
+    cancel_requested: bool
+    allocation_id: uuid.UUID | None = Field(
+        description="The stored allocation (GET /v1/allocations/{id}), once succeeded."
+    )
+    n_customers: int | None
+    error: str | None = Field(description="Why it failed, naming column and row for bad input.")
+    result: dict[str, Any] | None = Field(
+        description="Multiplier, expected totals, exploration and per-phase `timings_s`."
+    )
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def links(self) -> AllocationJobLinks:
+        base = f"/v1/allocation-jobs/{self.id}"
+        done = self.status == "succeeded"
+        return AllocationJobLinks(
+            self=base,
+            allocation=f"/v1/allocations/{self.allocation_id}" if self.allocation_id else None,
+            decisions=f"{base}/decisions.parquet" if done else None,
+        )
+
+
+class AllocationJobPage(BaseModel):
+    """One page of allocation jobs, newest first."""
+
+    items: list[AllocationJobRead]
+    offset: int
+    next_offset: int | None

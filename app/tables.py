@@ -180,3 +180,38 @@ class IdempotencyRecord(Base):
     status_code: Mapped[int] = mapped_column(Integer)
     response: Mapped[str] = mapped_column(Text)  # the JSON body sent
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class AllocationJob(Base):
+    """A campaign-scale allocation run in its own process: request, progress and result.
+
+    The job marks itself succeeded in the transaction that stores its allocation, so a job
+    reads succeeded exactly when its allocation and decisions are visible.
+    """
+
+    __tablename__ = "allocation_jobs"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    # queued | running | succeeded | failed | cancelled
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the job's process
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)  # the request, as accepted
+    workdir: Mapped[str] = mapped_column(String(4096))  # scratch, decisions.parquet, job.log
+    phase: Mapped[str] = mapped_column(String(16), default="queued")
+    rows_read: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    rows_scored: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    progress: Mapped[float] = mapped_column(Double, default=0.0, server_default=text("0"))
+    # Cleared (SET NULL) if the allocation is deleted; the job row stays as history.
+    allocation_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("allocations.id", ondelete="SET NULL"), nullable=True
+    )
+    n_customers: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # Multiplier, totals, exploration draw and per-phase timings, once succeeded.
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=text("false")
+    )

@@ -33,7 +33,8 @@ def start_retraining(
     """Queue a job; its process starts once the job is committed. Follow it with GET."""
     job = retrain.start(session, settings, body)
     # Background tasks run after the response, i.e. after the session dependency committed.
-    background.add_task(runner.launch, request.app.state.sessionmaker, settings, job.id)
+    factory = request.app.state.sessionmaker
+    background.add_task(runner.launch, factory, settings, runner.RETRAIN, job.id)
     return RetrainRead.model_validate(job)  # nothing logged yet
 
 
