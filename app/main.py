@@ -24,6 +24,7 @@ from app.routes import (
     allocation_jobs,
     allocations,
     budget_curve,
+    campaigns,
     health,
     metrics,
     models,
@@ -106,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(budget_curve.router, responses=AUTH_ERRORS)
     app.include_router(allocation_jobs.uploads_router, responses=AUTH_ERRORS)
     app.include_router(allocation_jobs.router, responses=AUTH_ERRORS)
+    app.include_router(campaigns.router, responses=AUTH_ERRORS)
     if settings.metrics_enabled:
         app.include_router(metrics.make_router(settings.metrics_require_key))
     errors.document_errors(app)

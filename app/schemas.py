@@ -490,3 +490,173 @@ class AllocationJobPage(BaseModel):
     items: list[AllocationJobRead]
     offset: int
     next_offset: int | None
+
+
+# ---------------------------------------------------------------------------- campaigns
+
+
+def _aware(value: datetime | None, name: str) -> datetime | None:
+    """Timestamps must say their zone: a campaign's end is an instant, not a wall-clock time."""
+    if value is not None and value.tzinfo is None:
+        raise ValueError(f"{name} needs a timezone (e.g. 2026-12-24T18:00:00Z)")
+    return value
+
+
+class CampaignCreate(BaseModel):
+    """A budget to spend over time on customers as they arrive (POST /v1/campaigns)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"name": "xmas-app", "budget": 50_000.0, "end_at": "2026-12-24T18:00:00Z",
+                 "expected_customers": 60_000, "exploration_rate": 0.05}
+            ]
+        },
+    )  # fmt: skip
+
+    name: str = Field(min_length=1, max_length=128)
+    budget: float = Field(gt=0, le=1e15, allow_inf_nan=False, description="Total budget.")
+    start_at: datetime | None = Field(None, description="Default: now.")
+    end_at: datetime | None = Field(
+        None, description="Pace by time until then (or give expected_customers, or both)."
+    )
+    expected_customers: int | None = Field(
+        None, ge=1, le=10**12, description="Pace by count: customers expected in all."
+    )
+    model_version: str | None = Field(None, max_length=128, description="Default: the active.")
+    exploration_rate: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False)
+    seed: int | None = Field(None, ge=0, lt=2**63, description="Exploration seed; default new.")
+    pacing: Literal["even"] = Field("even", description="Spend evenly over customers/time.")
+    plan_multiplier: float | None = Field(
+        None, ge=0.0, le=1e6, allow_inf_nan=False, description="Starting multiplier, if known."
+    )
+    plan_sample: list[CustomerIn] | None = Field(
+        None, min_length=1, max_length=10_000,
+        description="Expected customers: the starting multiplier is the batch solve on them "
+        "at the pace budget / expected_customers per customer.",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _check(self) -> CampaignCreate:
+        _aware(self.start_at, "start_at")
+        _aware(self.end_at, "end_at")
+        if self.plan_multiplier is not None and self.plan_sample is not None:
+            raise ValueError("give plan_multiplier or plan_sample, not both")
+        return self
+
+
+class CampaignPatch(BaseModel):
+    """Change a running campaign; every change applies to the next decision."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    budget: float | None = Field(None, ge=0.0, le=1e15, allow_inf_nan=False)
+    end_at: datetime | None = None
+    expected_customers: int | None = Field(None, ge=1, le=10**12)
+    status: Literal["active", "paused"] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> CampaignPatch:
+        _aware(self.end_at, "end_at")
+        return self
+
+
+class CampaignDecide(BaseModel):
+    """Customers arriving now (1-1,000): each gets a treatment at the campaign's multiplier."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"customers": [_CUSTOMER_EXAMPLE]}]}
+    )
+
+    customers: list[CustomerIn] = Field(min_length=1, max_length=1_000)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> CampaignDecide:
+        ids = [c.id for c in self.customers]
+        if len(set(ids)) != len(ids):
+            dup = [i for i, n in Counter(ids).items() if n > 1]
+            raise ValueError(f"customer ids must be unique; repeated: {dup[:5]}")
+        return self
+
+
+class CampaignDecisionRead(DecisionRead):
+    budget_exhausted: bool = Field(
+        False, description="The budget could not pay the chosen arm: the cheapest was given."
+    )
+
+
+class CampaignDecisions(BaseModel):
+    """What a decision batch got, and where the campaign stands after it."""
+
+    campaign_id: uuid.UUID
+    allocation_id: uuid.UUID = Field(description="The batch is stored as this allocation.")
+    multiplier: float = Field(description="The multiplier these customers were decided at.")
+    next_multiplier: float | None
+    committed_spend: float
+    remaining_budget: float
+    n_budget_exhausted: int
+    decisions: list[CampaignDecisionRead]
+
+
+class ArmSpendRead(BaseModel):
+    """Predicted and realized cost of one arm's decisions, and the calibration they give."""
+
+    treatment: int
+    treatment_name: str
+    n_decisions: int
+    n_outcomes: int
+    predicted_cost: float = Field(description="Predicted cost of all its decisions.")
+    predicted_cost_with_outcomes: float = Field(description="... of those with outcomes.")
+    realized_cost: float = Field(description="Realized cost of those with outcomes.")
+    calibration: float = Field(description="Realized / predicted, shrunk towards 1.")
+    calibration_se: float | None
+
+
+class CampaignPoint(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    at: datetime
+    multiplier: float | None
+    committed: float
+    realized: float
+    predicted: float
+    n_decisions: int
+    budget: float
+
+
+class CampaignRead(BaseModel):
+    """A campaign's settings, spend and pacing state."""
+
+    id: uuid.UUID
+    name: str
+    status: str = Field(description="active | paused | finished (past end_at)")
+    budget: float
+    start_at: datetime
+    end_at: datetime | None
+    expected_customers: int | None
+    model_version: str
+    exploration_rate: float
+    pacing: str
+    plan_source: str = Field(description="multiplier | sample | seen (see the README)")
+    plan_multiplier: float | None
+    multiplier: float | None
+    n_decisions: int
+    n_outcomes: int
+    n_budget_exhausted: int
+    committed_spend: float = Field(
+        description="Realized cost where outcomes are in + calibrated expected cost of the rest."
+    )
+    predicted_spend: float
+    realized_spend: float
+    remaining_budget: float
+    arms: list[ArmSpendRead]
+    history: list[CampaignPoint] = Field(default_factory=list)
+    created_at: datetime
+    updated_at: datetime
+
+
+class CampaignPage(BaseModel):
+    items: list[CampaignRead]
+    offset: int
+    next_offset: int | None

@@ -76,6 +76,10 @@ class Allocation(Base):
     exploration_rate: Mapped[float] = mapped_column(Double, default=0.0, server_default=text("0"))
     seed: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     n_explored: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    # Set when the allocation is one decision batch of a campaign (/v1/campaigns).
+    campaign_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("campaigns.id", ondelete="SET NULL"), index=True, nullable=True
+    )
 
 
 class Decision(Base):
@@ -215,3 +219,52 @@ class AllocationJob(Base):
     cancel_requested: Mapped[bool] = mapped_column(
         Boolean, default=False, server_default=text("false")
     )
+
+
+class Campaign(Base):
+    """A budget spent over time by real-time decisions; its pacing state lives in this row."""
+
+    __tablename__ = "campaigns"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(128), index=True)
+    status: Mapped[str] = mapped_column(String(16))  # active | paused | finished
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    budget: Mapped[float] = mapped_column(Double)
+    start_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    end_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    expected_customers: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    model_version: Mapped[str] = mapped_column(String(128), ForeignKey("model_versions.version"))
+    exploration_rate: Mapped[float] = mapped_column(Double)
+    seed: Mapped[int] = mapped_column(BigInteger)
+    pacing: Mapped[str] = mapped_column(String(16))
+    plan_source: Mapped[str] = mapped_column(String(16))  # multiplier | sample | seen
+    plan_multiplier: Mapped[float | None] = mapped_column(Double, nullable=True)
+    multiplier: Mapped[float | None] = mapped_column(Double, nullable=True)
+    n_decisions: Mapped[int] = mapped_column(BigInteger)
+    n_stopped: Mapped[int] = mapped_column(BigInteger)  # got the cheapest arm: budget exhausted
+    # Calibrated cost of every decided customer's cheapest arm: the mean sets the reserve kept
+    # for customers still expected (app/core/pacing.py, hard stop).
+    cheapest_cost: Mapped[float] = mapped_column(Double)
+    # Per-arm cost aggregates (app/core/pacing.py ArmSpend): field -> K numbers.
+    arms: Mapped[dict[str, Any]] = mapped_column(JSON)
+    last_history_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class CampaignHistory(Base):
+    """A point of a campaign's multiplier and spend over time (at most one per second)."""
+
+    __tablename__ = "campaign_history"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    campaign_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("campaigns.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    multiplier: Mapped[float | None] = mapped_column(Double, nullable=True)
+    committed: Mapped[float] = mapped_column(Double)
+    realized: Mapped[float] = mapped_column(Double)
+    predicted: Mapped[float] = mapped_column(Double)
+    n_decisions: Mapped[int] = mapped_column(BigInteger)
+    budget: Mapped[float] = mapped_column(Double)

@@ -136,8 +136,11 @@ def db_url(request: pytest.FixtureRequest) -> str:
         for table in (
             "outcomes",
             "retrain_jobs",
+            "allocation_jobs",
             "decisions",
             "allocations",
+            "campaign_history",
+            "campaigns",
             "model_versions",
             "idempotency_records",
             "api_keys",

@@ -14,8 +14,11 @@ Mirrokni): up when the batch spent more per customer than the pace, down when le
   capped at `max_gap` per customer, so one very expensive batch cannot jump lam.
 - Warm-up. For the first `warmup` customers lam stays at its starting value (the plan), while
   early spend is mostly noise.
-- Hard stop. Within a batch customers are served in order; from the first whose chosen arm no
-  longer fits the remaining budget on, everyone gets the cheapest arm, and the caller is told.
+- Hard stop. Every customer of a batch is owed at least its cheapest arm, so those costs are
+  reserved first; the extra cost of the chosen arms is then granted in arrival order, and from
+  the first customer whose extra no longer fits on, everyone gets the cheapest arm (the caller
+  is told who). When the cheapest arm costs something, the cheapest arms of the customers still
+  expected are reserved too, so early customers cannot spend what later ones are owed.
 - Calibration. Realized cost over predicted cost per arm, on the decisions whose outcomes are
   in, shrunk towards 1 by a prior worth `prior_decisions` average decisions of that arm.
   Committed spend is the realized cost of decisions with outcomes plus the calibrated expected
@@ -141,10 +144,12 @@ def decide(
     remaining: float,
     explored: np.ndarray | None = None,
     arm: IntArray | None = None,
+    reserve: float = 0.0,
 ) -> Decided:
     """argmax r - lam kappa c per customer, explored customers on their drawn arm, hard stop.
 
-    revenue, cost: predicted (n, K); kappa (K,); remaining: budget left before this batch.
+    revenue, cost: predicted (n, K); kappa (K,); remaining: budget left before this batch;
+    reserve: part of it kept for the cheapest arms of customers still expected after it.
     """
     n = revenue.shape[0]
     rows = np.arange(n)
@@ -156,15 +161,18 @@ def decide(
     treatment = greedy.copy()
     if explored is not None and arm is not None:
         treatment = np.where(explored, arm, treatment)
-    spend = calibrated[rows, treatment]
-    over = np.cumsum(spend) > remaining
+    # Every customer of the batch is owed at least its cheapest arm: reserve those first, then
+    # grant the extra cost of the chosen arms in arrival order while it fits.
+    cheapest = calibrated.argmin(axis=1)
+    base = calibrated[rows, cheapest]
+    extra = calibrated[rows, treatment] - base
+    over = np.cumsum(extra) > remaining - reserve - float(base.sum())
     stopped = np.zeros(n, dtype=bool)
     if over.any():
         stopped[int(np.argmax(over)) :] = True
-        cheapest = calibrated.argmin(axis=1)
+        stopped &= treatment != cheapest
         treatment = np.where(stopped, cheapest, treatment)
-        spend = calibrated[rows, treatment]
-    return Decided(treatment, stopped, spend, greedy)
+    return Decided(treatment, stopped, calibrated[rows, treatment], greedy)
 
 
 def next_multiplier(

@@ -146,6 +146,11 @@ def record(
             f"{_shown(unknown)}; nothing was written",
             unknown_customer_ids=unknown[:100],
         )
+    allocation = session.get(Allocation, allocation_id)
+    if allocation is not None and allocation.campaign_id is not None:
+        _fold_into_campaign(
+            session, allocation.campaign_id, allocation_id, customer_ids, cost_values
+        )
     now = datetime.now(UTC)
     rows = [
         {"allocation_id": allocation_id, "customer_id": i, "revenue": r, "cost": c,
@@ -158,6 +163,42 @@ def record(
         select(func.count()).select_from(Outcome).where(Outcome.allocation_id == allocation_id)
     )
     return Recorded(allocation_id, len(rows), int(stored or 0))
+
+
+def _fold_into_campaign(
+    session: Session,
+    campaign_id: uuid.UUID,
+    allocation_id: uuid.UUID,
+    customer_ids: list[str],
+    cost: FloatArray,
+) -> None:
+    """Realized cost of a campaign's decisions updates its spend and calibration (same
+    transaction as the outcomes; a repeated report replaces the earlier one)."""
+    from app.services import campaigns  # campaigns imports allocations; keep this module light
+
+    predicted: dict[str, tuple[int, float]] = {}
+    previous: dict[str, float] = {}
+    for start in range(0, len(customer_ids), _CHUNK):
+        part = customer_ids[start : start + _CHUNK]
+        predicted.update(
+            (i, (t, c))
+            for i, t, c in session.execute(
+                select(Decision.customer_id, Decision.treatment, Decision.expected_cost).where(
+                    Decision.allocation_id == allocation_id, Decision.customer_id.in_(part)
+                )
+            )
+        )
+        rows = session.execute(
+            select(Outcome.customer_id, Outcome.cost).where(
+                Outcome.allocation_id == allocation_id, Outcome.customer_id.in_(part)
+            )
+        ).all()
+        previous.update((i, c) for i, c in rows)
+    treatment = np.array([predicted[i][0] for i in customer_ids], dtype=np.int64)
+    predicted_cost = np.array([predicted[i][1] for i in customer_ids], dtype=np.float64)
+    had = np.array([i in previous for i in customer_ids], dtype=bool)
+    before = np.array([previous.get(i, 0.0) for i in customer_ids], dtype=np.float64)
+    campaigns.on_outcomes(session, campaign_id, treatment, predicted_cost, cost, before, had)
 
 
 def read_file(path: Path) -> tuple[list[str], FloatArray, FloatArray]:
