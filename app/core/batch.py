@@ -112,15 +112,32 @@ class Engine(Protocol):
     def __call__(self, p: Pass[S]) -> S: ...
 
 
+def tree_reduce(results: Iterable[S], reduce: Callable[[S, S], S]) -> S | None:
+    """Merge results in order as a balanced binary tree, holding O(log n) of them at a time.
+
+    Merging each new result into one growing accumulator would copy collected rows (segments,
+    candidate moves) once per chunk, quadratic in the number of chunks; here every row is
+    copied O(log n) times. Order is kept, so float sums do not depend on the engine.
+    """
+    stack: list[tuple[int, S]] = []  # (level, result): levels strictly decrease upwards
+    for r in results:
+        level, item = 0, r
+        while stack and stack[-1][0] == level:
+            item = reduce(stack.pop()[1], item)
+            level += 1
+        stack.append((level, item))
+    out: S | None = None
+    for _, item in reversed(stack):
+        out = item if out is None else reduce(item, out)
+    return out
+
+
 def local_engine(chunks: Callable[[], Iterable[Chunk]]) -> Engine:
     """The in-process engine: `chunks()` is called once per pass and must yield the same chunks."""
 
     class _Local:
         def __call__(self, p: Pass[S]) -> S:
-            out: S | None = None
-            for chunk in chunks():
-                s = p.map(chunk)
-                out = s if out is None else p.reduce(out, s)
+            out = tree_reduce((p.map(chunk) for chunk in chunks()), p.reduce)
             if out is None:
                 raise ValueError("the table has no rows")
             return out

@@ -25,6 +25,7 @@ collects (app/core/batch.py). The engine decides where chunks live and where pas
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -46,7 +47,7 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.core import batch
 from app.core._types import FloatArray, IntArray
-from app.core.features import OTHER, FeatureSpec
+from app.core.features import MAX_ABS, OTHER, FeatureError, FeatureSpec
 from app.core.solver import InfeasibleBudget, dual_choice
 from app.db import begin_write, make_engine, make_sessionmaker
 from app.errors import InvalidInput, ModelOutputInvalid
@@ -230,6 +231,13 @@ def _numeric_column(name: str, column: pa.Array, first_row: int) -> FloatArray:
         raise BatchInputError(
             f"column {name!r}: row {row} is not finite ({values[row - first_row]!r})"
         )
+    big = np.abs(values) > MAX_ABS
+    if big.any():
+        row = _bad_row(big, first_row)
+        raise BatchInputError(
+            f"column {name!r}: row {row} is out of range ({values[row - first_row]:.3g}; "
+            f"features must satisfy |x| <= {MAX_ABS:g}, as on POST /v1/allocations)"
+        )
     return np.asarray(values, dtype=np.float64)
 
 
@@ -302,8 +310,11 @@ def score_batch(
         columns[name] = _numeric_column(name, record.column(name), first_row)
     for name in spec.categorical:
         columns[name] = _category_column(record.column(name))
-    with np.errstate(over="ignore"):  # overflow to inf is reported below, naming the row
+    try:
         x = spec.encode(columns)  # (n, F) float32
+    except FeatureError as exc:  # rows in the message are the chunk's: make them the table's
+        text = re.sub(r"\brow (\d+)", lambda m: f"row {first_row + int(m.group(1))}", str(exc))
+        raise BatchInputError(text) from None
     if not np.isfinite(x).all():  # finite in float64 but not in float32 (|x| > 3.4e38)
         row, col = (int(v) for v in np.argwhere(~np.isfinite(x))[0])
         name = spec.encoded_names[col]
@@ -484,10 +495,7 @@ class LocalTable:
                 yield pa.Table.from_batches([reader.get_batch(i)])
 
     def map_reduce(self, p: BlockPass[S]) -> S:
-        out: S | None = None
-        for block in self.blocks():
-            s = p.map(block)
-            out = s if out is None else p.reduce(out, s)
+        out = batch.tree_reduce((p.map(block) for block in self.blocks()), p.reduce)
         if out is None:
             raise BatchInputError("the customer table has no rows")
         return out
@@ -555,8 +563,10 @@ def score_local(
 
 def check_unique(ids: list[pa.Array], name: str) -> None:
     """Refuse a table whose ids repeat, naming the first row that repeats an earlier one."""
-    codes = pa.chunked_array(ids, type=pa.string()).combine_chunks().dictionary_encode().indices
-    codes_np = codes.to_numpy()
+    encoded = pa.chunked_array(ids, type=pa.string()).combine_chunks().dictionary_encode()
+    if len(encoded.dictionary) == len(encoded):  # as many distinct ids as rows: all unique
+        return
+    codes_np = encoded.indices.to_numpy()
     _, first = np.unique(codes_np, return_index=True)
     if first.size != codes_np.size:
         seen = np.zeros(codes_np.size, dtype=bool)

@@ -40,7 +40,7 @@ from app.core.solver import InfeasibleBudget
 from app.db import begin_write, database_url, make_engine, make_sessionmaker
 from app.errors import DomainError
 from app.jobs.allocate import BatchRequest, JobCancelled, Progress, run_batch
-from app.jobs.runner import read_settings
+from app.jobs.runner import SETTINGS_NAME, read_settings
 from app.services.allocation_jobs import DECISIONS_NAME, finish, remove_scratch, source_of
 from app.tables import Allocation, AllocationJob
 
@@ -254,6 +254,9 @@ def run(job_id: uuid.UUID, workdir: Path) -> None:
     """The whole job; every ending closes the row (a SIGKILL: the next reader does)."""
     signal.signal(signal.SIGTERM, _terminated)  # a polite stop still records why
     settings = read_settings(workdir)
+    # Read once and removed at once: it may hold a database password, and a reader that sees
+    # the job closed must find no scratch left (the rest is removed before the row closes).
+    (workdir / SETTINGS_NAME).unlink(missing_ok=True)
     engine = make_engine(settings)
     factory = make_sessionmaker(engine)
     quick = quick_engine(settings)
