@@ -2,8 +2,12 @@
 
 1. Simulate a campaign (small RCT + confounded OBS + a test population with ground truth) and
    train the first model on it; register and activate it in a fresh service (TestClient).
-2. Each simulated day: new customers -> POST /v1/allocations with exploration -> the simulator
-   draws what each customer really did under the treatment it got -> POST .../outcomes.
+2. One campaign (POST /v1/campaigns) spends the per-capita budget over every day's customers,
+   paced in real time: each simulated day, new customers arrive in decision batches
+   (POST /v1/campaigns/{id}/decisions, with exploration); at the day's end the simulator draws
+   what each customer really did under the treatment it got -> POST .../outcomes (a one-day
+   outcome delay), which recalibrates the campaign's cost before the next day. Every batch is an
+   ordinary allocation, so retraining reads it unchanged.
 3. POST /v1/retrain (base tables = the first model's data) and follow the job.
 4. Score both models on the test population by their TRUE per-capita revenue at equal TRUE spend
    (mode E with the simulator's expected outcomes as a perfect RCT), next to the oracle.
@@ -46,6 +50,8 @@ class LoopConfig:
         default_factory=lambda: {"prediction_epochs": 10, "epochs": 10, "teacher_epochs": 10}
     )
     seed: int = 0
+    batch: int = 200  # customers per POST /v1/campaigns/{id}/decisions
+    plan_sample: int = 1_000  # simulated customers the campaign's first multiplier is planned on
 
 
 def true_curve(
@@ -99,39 +105,91 @@ def train_first_model(workdir: Path, cfg: LoopConfig, say: Say) -> tuple[Any, Pa
     return sim, data
 
 
-def serve_days(client: Any, cfg: LoopConfig, sim: Any, say: Say) -> None:
-    """Step 2: each day, allocate to new customers with exploration and report what they did."""
+def _ok(response: Any) -> Any:
+    """The response if it succeeded, else a RuntimeError with what the service said."""
+    if response.status_code >= 400:
+        raise RuntimeError(
+            f"{response.request.method} {response.request.url.path}: HTTP "
+            f"{response.status_code}: {response.text[:500]}"
+        )
+    return response
+
+
+def serve_days(client: Any, cfg: LoopConfig, sim: Any, say: Say) -> dict[str, Any]:
+    """Step 2: run the days as ONE campaign; report each day's outcomes at the day's end.
+
+    The campaign's budget is the per-capita budget over every expected customer; its first
+    multiplier is planned on a sample of simulated customers, then paced batch by batch. Each
+    day's customers arrive in decision batches of `cfg.batch`; what they did is reported when
+    the day is over (a one-day outcome delay), which updates the campaign's realized spend and
+    per-arm cost calibration before the next day. Returns the campaign as GET shows it.
+    """
     from training.data.simulator import sample_features, sample_outcomes
 
     rng = np.random.default_rng(cfg.seed + 1)
+    plan_rng = np.random.default_rng(cfg.seed + 2)  # the plan sample leaves the days' draws alone
     k, max_discount = sim.params.n_treatments, sim.params.max_discount
-    for day in range(cfg.days):  # loop over simulated days
+    expected = cfg.days * cfg.customers_per_day
+    plan = [
+        {"id": f"plan-{i}", "features": f}
+        for i, f in enumerate(_records(sample_features(cfg.plan_sample, plan_rng)))
+    ]
+    r = _ok(
+        client.post(
+            "/v1/campaigns",
+            json={
+                "name": f"loop-demo-{cfg.seed}",
+                "budget": cfg.budget * expected,
+                "expected_customers": expected,
+                "exploration_rate": cfg.exploration_rate,
+                "seed": cfg.seed,  # exploration draws replayable
+                "plan_sample": plan,
+            },
+        )
+    )
+    campaign = r.json()
+    url = f"/v1/campaigns/{campaign['id']}"
+    say(
+        f"    campaign {campaign['name']}: budget {campaign['budget']:g} for {expected} customers, "
+        f"planned multiplier {campaign['plan_multiplier']:.4g} (sample of {cfg.plan_sample})"
+    )
+    for day in range(cfg.days):  # loop over simulated days (batches are HTTP calls)
         features = sample_features(cfg.customers_per_day, rng)
         people = [{"id": f"day{day}-{i}", "features": f} for i, f in enumerate(_records(features))]
-        body = {
-            "budget": cfg.budget,
-            "per_capita": True,
-            "customers": people,
-            "exploration_rate": cfg.exploration_rate,
-            "campaign": f"day-{day}",
-            "seed": cfg.seed * 1_000 + day,  # exploration draws replayable
-        }
-        r = client.post("/v1/allocations", json=body)
-        r.raise_for_status()
-        allocation = r.json()
-        treatment = np.array([d["treatment"] for d in allocation["decisions"]], dtype=np.int64)
+        batches: list[tuple[str, int, int]] = []  # (allocation id, first, end) of each batch
+        treatment = np.empty(len(people), dtype=np.int64)
+        explored = 0
+        for lo in range(0, len(people), cfg.batch):
+            hi = min(lo + cfg.batch, len(people))
+            done = _ok(client.post(f"{url}/decisions", json={"customers": people[lo:hi]})).json()
+            treatment[lo:hi] = [d["treatment"] for d in done["decisions"]]
+            explored += sum(d["explored"] for d in done["decisions"])
+            batches.append((done["allocation_id"], lo, hi))
         revenue, cost = sample_outcomes(features, treatment, rng, k, max_discount)
-        outcomes = [
-            {"customer_id": p["id"], "revenue": float(rv), "cost": float(c)}
-            for p, rv, c in zip(people, revenue, cost, strict=True)
-        ]
-        client.post(
-            f"/v1/allocations/{allocation['id']}/outcomes", json={"outcomes": outcomes}
-        ).raise_for_status()
+        for allocation_id, lo, hi in batches:  # the day is over: report what customers did
+            outcomes = [
+                {"customer_id": p["id"], "revenue": float(rv), "cost": float(c)}
+                for p, rv, c in zip(people[lo:hi], revenue[lo:hi], cost[lo:hi], strict=True)
+            ]
+            _ok(
+                client.post(
+                    f"/v1/allocations/{allocation_id}/outcomes", json={"outcomes": outcomes}
+                )
+            )
+        state = _ok(client.get(url)).json()
         say(
-            f"    day {day + 1}: {allocation['n_explored']} explored, realized revenue "
-            f"{revenue.mean():.3f} and cost {cost.mean():.3f} per customer"
+            f"    day {day + 1}: {explored} explored, realized revenue {revenue.mean():.3f} and "
+            f"cost {cost.mean():.3f} per customer (budget {cfg.budget:g}); multiplier "
+            f"{state['multiplier']:.4g}, realized spend {state['realized_spend']:.1f} / "
+            f"{state['budget']:g}"
         )
+    final: dict[str, Any] = _ok(client.get(url)).json()
+    say(
+        f"    campaign realized spend / budget = {final['realized_spend']:.1f} / "
+        f"{final['budget']:g} = {final['realized_spend'] / final['budget']:.3f} "
+        f"({final['n_budget_exhausted']} customers got the cheapest arm at the hard stop)"
+    )
+    return final
 
 
 def retrain(client: Any, cfg: LoopConfig, data: Path, say: Say) -> dict[str, Any]:
@@ -218,7 +276,7 @@ def run(workdir: Path, cfg: LoopConfig, say: Say) -> dict[str, Any]:
             f"2/4 serving {first_version}; {cfg.days} days of {cfg.customers_per_day} customers, "
             f"exploration {cfg.exploration_rate:g}, budget {cfg.budget:g} per customer"
         )
-        serve_days(client, cfg, sim, say)
+        campaign = serve_days(client, cfg, sim, say)
         say("3/4 retraining on the logged decisions + outcomes (+ the first model's data)")
         job = retrain(client, cfg, data, say)
     say("4/4 true per-capita revenue on the test population at equal TRUE spend")
@@ -228,6 +286,10 @@ def run(workdir: Path, cfg: LoopConfig, say: Say) -> dict[str, Any]:
         **versions,
         "activated": job["activated"],
         "comparison_decision": job["comparison"]["decision"],
+        "campaign": {
+            key: campaign[key]
+            for key in ("id", "budget", "realized_spend", "committed_spend", "n_decisions")
+        },
         **score_models(settings.models_dir, versions, sim, cfg),
     }
     report(result, say)

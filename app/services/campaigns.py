@@ -26,26 +26,32 @@ import math
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
-from sqlalchemy import select, text
+from sqlalchemy import Table, bindparam, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from app.core import pacing
 from app.core.solver import InfeasibleBudget, allocate
 from app.db import begin_write
-from app.errors import Conflict, InvalidInput, NotFound
+from app.errors import Conflict, InvalidInput, ModelOutputInvalid, NotFound
 from app.registry import Registry
-from app.schemas import CampaignCreate, CampaignDecide, CampaignPatch
+from app.schemas import CampaignCreate, CampaignDecide, CampaignPatch, CustomerIn
 from app.services import models
-from app.services.allocations import DecisionView, _insert_decisions, predict_customers
+from app.services.allocations import (
+    DecisionView,
+    _encode,
+    _insert_decisions,
+    predict_customers,
+)
 from app.services.exploration import SEED_LIMIT, draw, new_seed
 from app.tables import Allocation, Campaign, CampaignHistory
 
 PACING = pacing.PacingConfig()
 HISTORY_EVERY = timedelta(seconds=1)  # at most one history point per campaign per second
 HISTORY_SHOWN = 500  # points returned by GET (evenly thinned)
+_HISTORY = cast(Table, CampaignHistory.__table__)
 
 
 def _now() -> datetime:
@@ -249,31 +255,90 @@ def patch(session: Session, campaign_id: uuid.UUID, body: CampaignPatch) -> Camp
 
 
 # --------------------------------------------------------------------------------- decide
+#
+# The hot path (one POST per arriving customer or batch) uses Core statements, not the ORM:
+# lock + read the row, insert the allocation, insert its decisions, update the row (and, at
+# most once a second, a history point). A campaign's model version never changes, so it is
+# remembered per process and the model is scored before the lock without reading the row.
+
+_MODEL_OF: dict[uuid.UUID, str] = {}  # campaign id -> model version (immutable once created)
+_MODEL_OF_MAX = 10_000
+_CAMPAIGNS = cast(Table, Campaign.__table__)
+_ALLOCATIONS = cast(Table, Allocation.__table__)
+# Statements built once (values are bound at execution: no per-call compile or cache key).
+_BY_ID = _CAMPAIGNS.c.id == bindparam("campaign_key")
+_SELECT_ROW = select(_CAMPAIGNS).where(_BY_ID)
+_SELECT_ROW_FOR_UPDATE = _SELECT_ROW.with_for_update()
+_TAKE_WRITE_LOCK = update(_CAMPAIGNS).where(_BY_ID).values(id=_CAMPAIGNS.c.id)
+_UPDATE_ROW = update(_CAMPAIGNS).where(_BY_ID)  # SET: the keys of the parameters
+_INSERT_ALLOCATION = insert(_ALLOCATIONS)
 
 
 @dataclass(frozen=True)
 class Decided:
-    """One decision batch: the stored allocation and per-customer results."""
+    """One decision batch: the stored allocation's id and per-customer results."""
 
-    campaign: Campaign
-    allocation: Allocation
+    campaign: Campaign  # the row after the batch (detached: a snapshot, not in the session)
+    allocation_id: uuid.UUID
     decisions: list[DecisionView]
     stopped: list[bool]  # the hard stop gave this customer the cheapest arm
     multiplier: float  # the multiplier the batch was decided at
     spend: SpendState  # after the batch
 
 
+def _model_version(session: Session, campaign_id: uuid.UUID) -> str:
+    version = _MODEL_OF.get(campaign_id)
+    if version is None:
+        version = session.scalar(select(Campaign.model_version).where(Campaign.id == campaign_id))
+        if version is None:
+            raise NotFound(f"campaign {campaign_id} does not exist")
+        if len(_MODEL_OF) >= _MODEL_OF_MAX:
+            _MODEL_OF.clear()
+        _MODEL_OF[campaign_id] = version
+    return version
+
+
+def _predict(registry: Registry, version: str, customers: list[CustomerIn]) -> Any:
+    """(model, revenue, cost), each (n, K), of the campaign's own model (registered when the
+    campaign was created, so no registry row is read)."""
+    model = registry.get(version)
+    # Only the model's own features are kept (and so stored with the decisions), as
+    # allocations.predict_customers does: other keys a client sends are dropped here.
+    keep = model.spec.raw_columns
+    for customer in customers:
+        customer.features = {k: customer.features[k] for k in keep if k in customer.features}
+    revenue, cost = model.predict(_encode(model, customers))
+    if not (np.isfinite(revenue).all() and np.isfinite(cost).all()):
+        bad = int(np.argmin(np.isfinite(revenue).all(axis=1) & np.isfinite(cost).all(axis=1)))
+        raise ModelOutputInvalid(
+            f"model {version} predicted a non-finite value for customer {customers[bad].id!r}"
+        )
+    return model, revenue, cost
+
+
+def _locked_row(session: Session, campaign_id: uuid.UUID) -> Campaign:
+    """The campaign row under this transaction's lock, as a detached snapshot (Core read)."""
+    begin_write(session)
+    key = {"campaign_key": campaign_id}
+    if session.get_bind().dialect.name == "sqlite":
+        # The first write statement takes SQLite's write lock before anything is read.
+        session.execute(_TAKE_WRITE_LOCK, key)
+        row = session.execute(_SELECT_ROW, key).first()
+    else:
+        row = session.execute(_SELECT_ROW_FOR_UPDATE, key).first()
+    if row is None:
+        raise NotFound(f"campaign {campaign_id} does not exist")
+    return Campaign(**row._asdict())
+
+
 def decide(
     session: Session, registry: Registry, campaign_id: uuid.UUID, body: CampaignDecide
 ) -> Decided:
     """Decide a batch at the campaign's multiplier, store it, then take one pacing step."""
-    peek = get(session, campaign_id)  # unlocked: model scoring happens outside the lock
-    predicted = predict_customers(
-        session, registry, body.customers, peek.model_version, max_customers=1_000
-    )
-    revenue, cost = predicted.revenue, predicted.cost
+    version = _model_version(session, campaign_id)
+    model, revenue, cost = _predict(registry, version, body.customers)  # outside the lock
     n, k = revenue.shape
-    campaign = _locked(session, campaign_id)
+    campaign = _locked_row(session, campaign_id)
     now = _now()
     if campaign.status == "paused":
         raise Conflict(f"campaign {campaign.name!r} is paused", status="paused")
@@ -311,22 +376,24 @@ def decide(
     )  # stopped customers got the cheapest arm for certain
     at = np.arange(n)
     chosen_r, chosen_c = revenue[at, treatment], cost[at, treatment]
-    allocation = Allocation(
-        id=uuid.uuid4(), created_at=now, campaign=campaign.name, campaign_id=campaign.id,
-        model_version=campaign.model_version, budget=max(state.remaining, 0.0),
-        per_capita=False, budget_total=max(state.remaining, 0.0), multiplier=float(lam),
-        n_customers=n, expected_revenue=float(chosen_r.sum()),
-        expected_cost=float(chosen_c.sum()), exploration_rate=rate,
-        seed=campaign.seed if rate > 0 else None, n_explored=int(is_explored.sum()),
+    allocation_id = uuid.uuid4()
+    session.execute(
+        _INSERT_ALLOCATION,
+        dict(
+            id=allocation_id, created_at=now, campaign=campaign.name, campaign_id=campaign.id,
+            model_version=campaign.model_version, budget=max(state.remaining, 0.0),
+            per_capita=False, budget_total=max(state.remaining, 0.0), multiplier=float(lam),
+            n_customers=n, expected_revenue=float(chosen_r.sum()),
+            expected_cost=float(chosen_c.sum()), exploration_rate=rate,
+            seed=campaign.seed if rate > 0 else None, n_explored=int(is_explored.sum()),
+        ),
     )  # fmt: skip
-    session.add(allocation)
-    session.flush()
     ids = [c.id for c in body.customers]
     columns = (
         ids, treatment.tolist(), chosen_r.tolist(), chosen_c.tolist(), propensity.tolist(),
         is_explored.tolist(),
     )  # fmt: skip
-    _insert_decisions(session, allocation.id, columns, [c.features for c in body.customers])
+    _insert_decisions(session, allocation_id, columns, [c.features for c in body.customers])
     arms = state.arms.add_decisions(treatment, chosen_c)
     new_lam = pacing.next_multiplier(
         lam, float(out.cost.sum()), n, state.remaining, remaining_n, total_n,
@@ -338,14 +405,30 @@ def decide(
     campaign.n_stopped += int(out.stopped.sum())
     campaign.cheapest_cost = seen_cheapest
     campaign.updated_at = now
-    _history(session, campaign, now)
-    names = list(registry.get(campaign.model_version).treatments)
+    _history(session, campaign, now)  # sets last_history_at when it adds a point
+    session.execute(
+        _UPDATE_ROW,
+        dict(
+            campaign_key=campaign.id, arms=campaign.arms, multiplier=new_lam,
+            n_decisions=campaign.n_decisions, n_stopped=campaign.n_stopped,
+            cheapest_cost=seen_cheapest, updated_at=now, last_history_at=campaign.last_history_at,
+        ),
+    )  # fmt: skip
+    _expire_loaded(session, campaign.id)
+    names = list(model.treatments)
     views = [
         DecisionView(i, t, names[t], r, c, p, e) for i, t, r, c, p, e in zip(*columns, strict=True)
     ]
     return Decided(
-        campaign, allocation, views, out.stopped.tolist(), float(lam), spend_state(campaign)
+        campaign, allocation_id, views, out.stopped.tolist(), float(lam), spend_state(campaign)
     )
+
+
+def _expire_loaded(session: Session, campaign_id: uuid.UUID) -> None:
+    """A Core update bypasses the session: drop a copy of the row it may have loaded."""
+    loaded = session.identity_map.get(session.identity_key(Campaign, campaign_id))
+    if loaded is not None:
+        session.expire(loaded)
 
 
 def _seen_so_far(revenue: Any, cost: Any, pace_budget: float, campaign: Campaign) -> float:
@@ -406,11 +489,12 @@ def _history(session: Session, campaign: Campaign, now: datetime, *, force: bool
         if now - campaign.last_history_at < HISTORY_EVERY:
             return
     state = spend_state(campaign)
-    session.add(
-        CampaignHistory(
+    session.execute(
+        insert(_HISTORY),
+        dict(
             campaign_id=campaign.id, at=now, multiplier=campaign.multiplier,
             committed=state.committed, realized=state.realized, predicted=state.predicted,
             n_decisions=campaign.n_decisions, budget=campaign.budget,
-        )
+        ),
     )  # fmt: skip
     campaign.last_history_at = now
