@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -22,6 +22,11 @@ class Settings(BaseSettings):
     )
     models_dir: Path = Field(
         default=Path("models"), description="Model registry: <version>/model.onnx."
+    )
+    model_roots: list[Path] = Field(
+        default_factory=list,
+        description="Directories under which POST /v1/models may register a model directory; "
+        "empty: the parent of models_dir. The CLI (dfcl models register) is not limited.",
     )
     migrations_dir: Path | None = Field(
         default=None, description="Alembic scripts; empty means found next to the package or in ./."
@@ -135,6 +140,16 @@ class Settings(BaseSettings):
     )
     idempotency_ttl_h: float = Field(
         default=24.0, gt=0, description="How long an Idempotency-Key's response is replayed."
+    )
+    # Dashboard (/ui, app/ui): session cookies are HMAC-signed; see app/ui/session.py.
+    ui_secret: SecretStr = Field(
+        default=SecretStr(""),
+        description="Signs /ui session cookies; set the same value on every worker. Empty: "
+        "each session is signed with a key derived from its API key's stored hash (stable "
+        "across workers, but anyone who can read the database could forge a session).",
+    )
+    ui_session_hours: float = Field(
+        default=8.0, gt=0, le=24 * 30, description="How long a /ui login lasts."
     )
 
     @model_validator(mode="after")

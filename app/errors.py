@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from http import HTTPStatus
 from typing import Any
@@ -124,8 +125,27 @@ def render_validation(request: Request, exc: Exception) -> JSONResponse:
     detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:5]) + (
         "; ..." if len(errors) > 5 else ""
     )
-    body = {"error": "RequestValidationError", "detail": detail, "errors": errors}
-    return JSONResponse(body, 422)
+    body: dict[str, Any] = {"error": "RequestValidationError", "detail": detail, "errors": errors}
+    if errors:
+        loc = errors[0]["loc"]
+        body["field"] = ".".join(str(p) for p in loc[1:] if p != "body") or None
+        customer = _customer_at(getattr(exc, "body", None), loc)
+        if customer is not None:
+            body["customer_id"] = customer
+    return JSONResponse(jsonable_encoder(body), 422)
+
+
+def _customer_at(sent: Any, loc: list[Any]) -> str | None:
+    """The id of the customer a validation error points into (body.customers[i]...), if any."""
+    if len(loc) < 3 or loc[0] != "body" or not isinstance(loc[2], int):
+        return None
+    try:
+        found = sent[loc[1]][loc[2]]["id"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    if not isinstance(found, str) or "\x00" in found or not found.isprintable():
+        return None  # not echoed: text the client cannot have meant (NUL, surrogates)
+    return found
 
 
 def render_http(request: Request, exc: Exception) -> JSONResponse:
@@ -136,34 +156,56 @@ def render_http(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, exc.status_code, headers=exc.headers)
 
 
-# OpenAPI: the shape every error really has (FastAPI would document its own 422 shape).
-ERROR_SCHEMA: dict[str, Any] = {
-    "title": "Error",
-    "type": "object",
-    "required": ["error", "detail"],
-    "properties": {
-        "error": {"type": "string", "description": "Error class, e.g. InvalidInput"},
-        "detail": {"type": "string", "description": "What is wrong, naming the culprit"},
-        "errors": {
-            "type": "array",
-            "description": "Validation errors: loc, msg, type per bad field",
-            "items": {"type": "object"},
-        },
-    },
-    "additionalProperties": True,
+# OpenAPI: every error answer is an ErrorBody (app/schemas.py), whatever raised it.
+UNEXPECTED_ERROR: dict[str, Any] = {
+    "description": "Unexpected server error; the body names the request id the log has"
 }
 
 
+BODY_TOO_LARGE: dict[str, Any] = {"description": "Body larger than DFCL_MAX_BODY_BYTES"}
+BAD_PARAMETER: dict[str, Any] = {"description": "A parameter is invalid (it is named)"}
+
+
+def _error_content() -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+
+
+def declare_error_bodies(spec: dict[str, Any]) -> dict[str, Any]:
+    """Give every 4xx/5xx response of `spec` the ErrorBody schema it really sends (in place).
+
+    FastAPI documents its own validation-error shape (HTTPValidationError) and no body at all
+    for the errors routes declare by description only; generated clients then read nothing.
+    """
+    from app.schemas import ErrorBody
+
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    schemas["ErrorBody"] = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    for path in spec.get("paths", {}).values():
+        for operation in path.values():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            responses = operation["responses"]
+            responses.setdefault("500", dict(UNEXPECTED_ERROR))
+            if "requestBody" in operation:  # app.limits.BodyLimit answers any body
+                responses.setdefault("413", dict(BODY_TOO_LARGE))
+            if operation.get("parameters"):  # RequestContext refuses a NUL in the URL
+                responses.setdefault("422", dict(BAD_PARAMETER))
+            for code, response in responses.items():
+                sent = json.dumps(response.get("content"))
+                if str(code)[0] in "45" and ("content" not in response or "Validation" in sent):
+                    response["content"] = _error_content()  # /readyz's 503 keeps Readiness
+    return spec
+
+
 def document_errors(app: Any) -> None:
-    """Make the OpenAPI's validation-error schema the {error, detail, errors} actually sent."""
+    """Make the OpenAPI document declare the {error, detail, ...} body every error sends."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            spec: dict[str, Any] = generate()
-            schemas = spec.get("components", {}).get("schemas", {})
-            if "HTTPValidationError" in schemas:
-                schemas["HTTPValidationError"] = ERROR_SCHEMA
+            app.openapi_schema = declare_error_bodies(generate())
         return app.openapi_schema  # type: ignore[no-any-return]
 
     app.openapi = openapi

@@ -16,7 +16,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app import errors
 from app.config import Settings
-from app.db import make_engine, make_sessionmaker, prepare_schema
+from app.db import SchemaNotReady, make_engine, make_sessionmaker, prepare_schema
+from app.docs import install_docs
 from app.limits import BodyLimit, RequestTimeouts
 from app.middleware import RequestContext, ServerTiming
 from app.registry import Registry
@@ -28,10 +29,12 @@ from app.routes import (
     health,
     metrics,
     models,
+    operation_id,
     outcomes,
     retrain,
 )
 from app.services import models as model_service
+from app.ui import install as install_dashboard
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +71,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     engine = make_engine(settings)
     try:
         prepare_schema(engine, settings)
+    except SchemaNotReady as exc:
+        engine.dispose()
+        log.error("cannot start: %s", exc)  # one line; `dfcl serve` checks before this
+        raise SchemaNotReady(str(exc)) from None
     except SQLAlchemyError as exc:
         engine.dispose()
-        raise RuntimeError(f"cannot prepare the database {engine.url!r}: {exc}") from exc
+        # One line in the log, not the driver's traceback (`dfcl serve` checks before this).
+        why = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        log.error("cannot start: database %r: %s", engine.url, why)
+        raise RuntimeError(f"cannot prepare the database {engine.url!r}: {why}") from None
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
     app.state.registry = Registry(
@@ -96,9 +106,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
+        docs_url=None,  # served from packaged assets by install_docs, not a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     errors.install(app)
+    install_docs(app)
     app.include_router(health.router)
     app.include_router(allocations.router, responses=AUTH_ERRORS)
     app.include_router(models.router, responses=AUTH_ERRORS)
@@ -110,6 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(campaigns.router, responses=AUTH_ERRORS)
     if settings.metrics_enabled:
         app.include_router(metrics.make_router(settings.metrics_require_key))
+    install_dashboard(app)  # /ui pages and /ui/static (app/ui)
     errors.document_errors(app)
     # Last added runs first: request id/metrics/logs, then body limit, deadline, timings.
     app.add_middleware(ServerTiming)

@@ -8,12 +8,14 @@ the stored allocation (counted in /metrics once its 201 is sent). Everything rea
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import uuid
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import TYPE_CHECKING
+from urllib.parse import unquote_to_bytes
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -55,8 +57,32 @@ def request_state(scope: Scope) -> RequestState:
     return found
 
 
+def _unstorable_url(scope: Scope) -> str | None:
+    """Why the path or query cannot be stored or compared by the database (NUL, bad UTF-8)."""
+    for part, raw in (("path", scope.get("raw_path") or b""), ("query", scope["query_string"])):
+        decoded = unquote_to_bytes(raw if isinstance(raw, bytes) else raw.encode())
+        if b"\x00" in decoded:
+            return f"the URL {part} contains a NUL character (%00), which no database can store"
+    return None
+
+
+async def _send_json(send: Send, status: int, body: dict[str, str]) -> None:
+    content = json.dumps(body).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(content)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": content})
+
+
 class RequestContext:
-    """Outermost middleware: request id (X-Request-ID in and out), metrics, one log line each."""
+    """Outermost middleware: request id (X-Request-ID in and out), metrics, one log line each.
+
+    It also answers what no route may see: a URL with a NUL character (422, on every database
+    alike), and an unexpected exception (500 `{error, detail, request_id}`, logged with the
+    request id) when no response has started yet.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -70,21 +96,34 @@ class RequestContext:
         token = request_id.set(rid)
         state = request_state(scope)
         started = perf_counter()
-        status, replayed = 500, False
+        status, replayed, started_response = 500, False, False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, replayed
+            nonlocal status, replayed, started_response
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started_response = message["status"], True
                 replayed = any(k == b"idempotent-replayed" for k, _ in message["headers"])
                 message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            bad_url = _unstorable_url(scope)
+            if bad_url is not None:
+                body = {"error": "InvalidInput", "detail": bad_url}
+                await _send_json(send_with_id, 422, body)
+            else:
+                await self.app(scope, receive, send_with_id)
         except Exception:
-            log.exception("unhandled error")
-            raise
+            log.exception("unhandled error (request id %s)", rid)
+            if started_response:
+                raise  # too late for an error body: the client sees a cut-off response
+            body = {
+                "error": "InternalServerError",
+                "detail": f"unexpected server error; quote request id {rid} to the operator "
+                "(the server log has the details)",
+                "request_id": rid,
+            }
+            await _send_json(send_with_id, 500, body)
         finally:
             elapsed = perf_counter() - started
             route = getattr(scope.get("route"), "path_format", None) or "<unmatched>"

@@ -3,11 +3,17 @@
 Which version is active lives in the database (table model_versions), so every worker and the
 CLI agree; this object holds what one process has loaded. The active reference is replaced
 atomically, so a request that already took a model keeps it until it finishes.
+
+A loaded version remembers a stamp of its files (inode, size, mtime, ctime). Before a cached
+version is served again the stamp is compared with the files on disk: files changed since the
+load (the usual reason an activation is refused) mean the version is loaded and checked again,
+so every process that shares models/ gives the same answer, not one cached in memory.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -25,6 +31,20 @@ SERVED_FILES = (GRAPH_FILE, CARD_FILE)
 # After a failed load of the version the database calls active, wait before trying again.
 _RETRY_S = 30.0
 
+Stamp = tuple[tuple[int, int, int, int], ...]
+
+
+def files_stamp(directory: Path) -> Stamp | None:
+    """What identifies the served files' current state; None when one is missing."""
+    stamps = []
+    for name in SERVED_FILES:
+        try:
+            st = os.stat(directory / name)
+        except OSError:
+            return None
+        stamps.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(stamps)
+
 
 def check_version_name(version: str) -> str:
     """Versions become directory names: refuse anything that could escape models/."""
@@ -41,6 +61,7 @@ class Registry:
         self.threads = threads
         self.max_loaded = max_loaded
         self._loaded: OrderedDict[str, OnnxModel] = OrderedDict()
+        self._stamps: dict[str, Stamp | None] = {}
         self._active: OnnxModel | None = None
         self._lock = threading.Lock()
         self._failed: dict[str, tuple[float, str]] = {}  # version -> (when, why)
@@ -62,23 +83,36 @@ class Registry:
         return self.models_dir / check_version_name(version)
 
     def get(self, version: str, *, reload: bool = False) -> OnnxModel:
-        """A loaded, checked model for `version` (loaded on first use, or again if `reload`)."""
+        """A loaded, checked model for `version` (loaded on first use, again if `reload` or if
+        its files changed since). A version that fails to load leaves the cache."""
+        directory = self.directory(version)
+        stamp = files_stamp(directory)
         with self._lock:
             model = None if reload else self._loaded.get(version)
-            if model is not None:
+            if model is not None and stamp is not None and self._stamps.get(version) == stamp:
                 self._loaded.move_to_end(version)
                 return model
-        model = OnnxModel.load(self.directory(version), threads=self.threads)
-        if model.version != version:
-            raise InvalidModel(
-                f"{self.directory(version)}/model.json says version {model.version!r}"
-            )
+        try:
+            model = OnnxModel.load(directory, threads=self.threads)
+            if model.version != version:
+                raise InvalidModel(f"{directory}/model.json says version {model.version!r}")
+        except Exception:
+            self.forget(version)
+            raise
         with self._lock:
             self._loaded[version] = model
+            self._stamps[version] = stamp
             self._loaded.move_to_end(version)
             while len(self._loaded) > self.max_loaded:
-                self._loaded.popitem(last=False)  # in-flight users keep their reference
+                old, _ = self._loaded.popitem(last=False)  # in-flight users keep their reference
+                self._stamps.pop(old, None)
         return model
+
+    def forget(self, version: str) -> None:
+        """Drop `version` from the cache (requests in flight keep their reference)."""
+        with self._lock:
+            self._loaded.pop(version, None)
+            self._stamps.pop(version, None)
 
     def swap(self, model: OnnxModel | None) -> None:
         """Make `model` the one new requests get; requests in flight keep the old one."""
@@ -123,6 +157,11 @@ class Registry:
         version = read_card(source).version  # a valid directory name (the card checks it)
         OnnxModel.load(source, threads=self.threads)  # refuse before copying anything
         target = self.models_dir / version
+        if target.is_symlink() or (target.exists() and not target.is_dir()):
+            raise InvalidModel(
+                f"version {version!r} names a file in the models directory that is not a "
+                "model version; give the model another version in model.json"
+            )
         if source.resolve() != target.resolve():
             self.models_dir.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=self.models_dir))
@@ -134,6 +173,5 @@ class Registry:
                 staging.rename(target)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
-        with self._lock:
-            self._loaded.pop(version, None)
+        self.forget(version)
         return self.get(version)

@@ -2,14 +2,136 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
+import typing
 import uuid
 from collections import Counter
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime
+from functools import cache
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    ValidationError,
+    computed_field,
+    create_model,
+    model_validator,
+)
+
+from app.core.features import MAX_ABS
 
 FeatureValue = float | int | str | bool | None
+
+# --- input rules shared by every request model (README "Input rules") -------------------------
+
+# Money (budgets, outcomes, margins) is a JSON number with |x| <= MAX_MONEY: 1e15 is beyond any
+# real budget, and x customers (<= 1e6 a request) keeps every total finite in float64.
+# Money and flags are strict: `"budget": true`, `"budget": "10"` and `"per_capita": "yes"` are
+# refused (422) instead of read as 1.0 / 10.0 / true.
+MAX_MONEY = 1e15
+# Numeric features: finite with |x| <= MAX_FEATURE_ABS. Larger numbers are refused where the
+# request is parsed (422 naming the customer and the feature): the model computes in float32
+# (max 3.4e38), and its normalisation and layers overflow long before that.
+MAX_FEATURE_ABS = MAX_ABS
+# A customer carries at most MAX_FEATURE_KEYS features with names of at most MAX_KEY_LENGTH
+# characters; only the model's own features are stored with its decision.
+MAX_FEATURE_KEYS = 1024
+MAX_KEY_LENGTH = 256
+MAX_TEXT_VALUE = 4096
+# Timestamps in bodies and filters must say their zone or be UTC-naive, and lie in this range
+# once converted to UTC (so no arithmetic on them can leave the calendar).
+MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_TIME = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def unstorable(text: str) -> str | None:
+    """Why a database cannot store `text` (NUL, lone surrogate), or None when it can."""
+    if "\x00" in text:
+        return "contains a NUL character (\\u0000), which the database cannot store"
+    if any("\ud800" <= ch <= "\udfff" for ch in text):
+        return "contains a lone UTF-16 surrogate, which is not valid Unicode"
+    return None
+
+
+def _storable(text: str) -> str:
+    why = unstorable(text)
+    if why is not None:
+        raise ValueError(why)
+    return text
+
+
+# Text that reaches the database: refused alike on SQLite and PostgreSQL when it cannot be stored.
+Text = Annotated[str, AfterValidator(_storable)]
+
+
+def _in_calendar(value: datetime) -> datetime:
+    """Aware -> UTC; refuse instants so near the calendar's ends that arithmetic overflows."""
+    try:
+        utc = value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    except (OverflowError, ValueError):
+        raise ValueError("timestamp is outside the supported range") from None
+    if not MIN_TIME <= utc <= MAX_TIME:
+        raise ValueError(
+            f"timestamp must lie between {MIN_TIME.isoformat()} and {MAX_TIME.isoformat()}"
+        )
+    return utc if value.tzinfo is not None else value
+
+
+# A timestamp query parameter or body field: naive means UTC; aware ones are converted to UTC.
+Timestamp = Annotated[datetime, AfterValidator(_in_calendar)]
+# Budgets (each model adds its lower bound) and signed amounts (outcomes, margins).
+Money = Annotated[float, Field(strict=True, allow_inf_nan=False, le=MAX_MONEY)]
+SignedMoney = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_MONEY, le=MAX_MONEY)]
+Flag = Annotated[bool, Field(strict=True)]
+StrictInt = Annotated[int, Field(strict=True)]
+
+
+def _check_json_text(value: Any, where: str) -> None:
+    """Every string (keys too) of a JSON document must be storable; numbers must be finite."""
+    stack: list[tuple[Any, str]] = [(value, where)]
+    while stack:
+        item, at = stack.pop()
+        if isinstance(item, str):
+            why = unstorable(item)
+            if why is not None:
+                raise ValueError(f"{at} {why}")
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"{at} is not a finite number")
+        elif isinstance(item, dict):
+            for k, v in item.items():
+                stack.append((k, f"{at} key"))
+                stack.append((v, f"{at}.{k}"))
+        elif isinstance(item, list):
+            stack.extend((v, f"{at}[{i}]") for i, v in enumerate(item))
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: `error` (its class) and `detail` (what is wrong, naming the culprit),
+    plus machine-readable extras some errors add."""
+
+    model_config = ConfigDict(extra="allow")
+
+    error: str = Field(description="Error class, e.g. InvalidInput, RequestValidationError")
+    detail: str = Field(description="What is wrong, naming the field or customer")
+    errors: list[dict[str, Any]] | None = Field(
+        None, description="Validation errors (422): loc, msg and type per bad field"
+    )
+    min_budget: float | None = Field(
+        None, description="Infeasible budget: the cheapest assignment's total cost"
+    )
+    field: str | None = Field(None, description="The request field at fault")
+    customer_id: str | None = Field(None, description="The customer at fault")
+    status: str | None = Field(None, description="A campaign's state (paused, finished, ...)")
+    job_id: str | None = Field(None, description="The job in the way (409)")
+    remaining_budget: float | None = Field(None, description="A campaign's remaining budget")
+    request_id: str | None = Field(None, description="Unexpected errors: the id in the logs")
+
 
 _CUSTOMER_EXAMPLE: dict[str, Any] = {
     "id": "c-1001",
@@ -22,11 +144,45 @@ class CustomerIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_CUSTOMER_EXAMPLE]})
 
-    id: str = Field(min_length=1, max_length=128)
+    id: Text = Field(min_length=1, max_length=128)
     features: dict[str, FeatureValue] = Field(
+        max_length=MAX_FEATURE_KEYS,
         description="Raw feature name -> value, as in the model's feature spec; numbers must be "
-        "finite, unknown categories are allowed."
+        f"finite with |x| <= {MAX_FEATURE_ABS:g}, unknown categories are allowed; at most "
+        f"{MAX_FEATURE_KEYS} keys. Only the model's features are stored with the decision.",
     )
+
+    @model_validator(mode="after")
+    def _feature_values(self) -> CustomerIn:
+        """Numbers within the accepted range, text the database can store; names the customer
+        and the feature."""
+        try:
+            self._check_features()
+        except ValueError as exc:
+            raise ValueError(f"customer {self.id!r}: {exc}") from None
+        return self
+
+    def _check_features(self) -> None:
+        for name, value in self.features.items():
+            if len(name) > MAX_KEY_LENGTH or unstorable(name):
+                why = unstorable(name) or f"is longer than {MAX_KEY_LENGTH} characters"
+                raise ValueError(f"feature name {name[:40]!r} {why}")
+            if isinstance(value, bool) or value is None:
+                continue
+            if isinstance(value, int | float):
+                if not (isinstance(value, int) or math.isfinite(value)):
+                    raise ValueError(f"feature {name!r}: {value!r} is not finite")
+                if not -MAX_FEATURE_ABS <= value <= MAX_FEATURE_ABS:
+                    shown = f"{value:.3g}" if isinstance(value, float) else f"{str(value)[:20]}..."
+                    raise ValueError(
+                        f"feature {name!r}: {shown} is outside the accepted range "
+                        f"[-{MAX_FEATURE_ABS:g}, {MAX_FEATURE_ABS:g}]"
+                    )
+            elif isinstance(value, str):
+                problem = unstorable(value)
+                if problem is not None or len(value) > MAX_TEXT_VALUE:
+                    problem = problem or f"is longer than {MAX_TEXT_VALUE} characters"
+                    raise ValueError(f"feature {name!r}: the value {problem}")
 
 
 class AllocationCreate(BaseModel):
@@ -57,22 +213,24 @@ class AllocationCreate(BaseModel):
         },
     )
 
-    budget: float = Field(gt=0, allow_inf_nan=False, description="Total budget (> 0).")
-    per_capita: bool = Field(
+    budget: Money = Field(
+        gt=0, description=f"Total budget (> 0, <= {MAX_MONEY:g}); a JSON number, not a string."
+    )
+    per_capita: Flag = Field(
         False, description="If true, `budget` is per customer; the total is budget x customers."
     )
     customers: list[CustomerIn] = Field(min_length=1)
-    campaign: str | None = Field(None, max_length=128, description="Free label to filter by.")
-    model_version: str | None = Field(
+    campaign: Text | None = Field(None, max_length=128, description="Free label to filter by.")
+    model_version: Text | None = Field(
         None, max_length=128, description="A registered version; default: the active one."
     )
     exploration_rate: float | None = Field(
-        None, ge=0.0, le=1.0, allow_inf_nan=False,
+        None, ge=0.0, le=1.0, allow_inf_nan=False, strict=True,
         description="Share of customers (each independently) given a uniformly random treatment; "
         "their predicted cost is charged first and the rest of the budget is solved. Default: "
         "DFCL_EXPLORATION_RATE.",
     )  # fmt: skip
-    seed: int | None = Field(
+    seed: StrictInt | None = Field(
         None,
         ge=0,
         lt=2**63,
@@ -87,7 +245,18 @@ class AllocationCreate(BaseModel):
             dup = [i for i, n in Counter(ids).items() if n > 1]
             shown = ", ".join(repr(i) for i in dup[:5]) + (" ..." if len(dup) > 5 else "")
             raise ValueError(f"customer ids must be unique; repeated: {shown}")
+        _finite_total("budget", [self.budget], len(self.customers) if self.per_capita else 1)
         return self
+
+
+def _finite_total(name: str, budgets: list[float], scale: int) -> None:
+    """budget x customers (per-capita budgets) must stay a finite, representable total."""
+    for budget in budgets:
+        total = budget * scale
+        if not math.isfinite(total) or abs(total) > MAX_MONEY * 1e6:
+            raise ValueError(
+                f"{name}: {budget:.6g} per customer x {scale} customers is not a finite total"
+            )
 
 
 class DecisionRead(BaseModel):
@@ -182,7 +351,7 @@ class ModelRegister(BaseModel):
         extra="forbid", json_schema_extra={"examples": [{"path": "runs/bi-dfcl/model"}]}
     )
 
-    path: str = Field(min_length=1, max_length=4096)
+    path: Text = Field(min_length=1, max_length=4096)
 
 
 class Health(BaseModel):
@@ -206,9 +375,9 @@ class OutcomeIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    customer_id: str = Field(min_length=1, max_length=128)
-    revenue: float = Field(allow_inf_nan=False)
-    cost: float = Field(allow_inf_nan=False)
+    customer_id: Text = Field(min_length=1, max_length=128)
+    revenue: SignedMoney = Field(description=f"|revenue| <= {MAX_MONEY:g}; a JSON number.")
+    cost: SignedMoney = Field(description=f"|cost| <= {MAX_MONEY:g}; a JSON number.")
 
 
 class OutcomesCreate(BaseModel):
@@ -266,27 +435,39 @@ class RetrainCreate(BaseModel):
         json_schema_extra={"examples": [{"method": "bi-dfcl", "config": {"epochs": 10}}]},
     )
 
-    method: str | None = Field(
-        None, max_length=32, description="Training method; default DFCL_RETRAIN_METHOD (bi-dfcl)."
-    )
+    method: Text | None = Field(
+        None, max_length=32,
+        description="Training method (one of TrainConfig's); default DFCL_RETRAIN_METHOD.",
+    )  # fmt: skip
     config: dict[str, Any] = Field(
-        default_factory=dict, description='TrainConfig overrides, e.g. {"epochs": 5}.'
+        default_factory=dict,
+        description='TrainConfig overrides, e.g. {"epochs": 5}; keys and types are checked '
+        "against TrainConfig before the job is queued.",
     )
-    base_rct: str | None = Field(
-        None, max_length=4096, description="Server path of an RCT table added to the explored rows."
-    )
-    base_obs: str | None = Field(
-        None, max_length=4096, description="Server path of an OBS table added to the other rows."
-    )
-    eval_data: str | None = Field(
+    base_rct: Text | None = Field(
+        None, max_length=4096,
+        description="Server path of an RCT table (.csv or .parquet) added to the explored rows.",
+    )  # fmt: skip
+    base_obs: Text | None = Field(
+        None, max_length=4096,
+        description="Server path of an OBS table (.csv or .parquet) added to the other rows.",
+    )  # fmt: skip
+    eval_data: Text | None = Field(
         None, max_length=4096, description="Server path of an extra held-out RCT table."
     )
-    margin: float | None = Field(
-        None, allow_inf_nan=False,
+    margin: SignedMoney | None = Field(
+        None,
         description="Activate only if the EOM area beats the champion's by more than this; "
         "default DFCL_RETRAIN_MARGIN.",
-    )  # fmt: skip
-    force: bool = Field(False, description="Activate the new version whatever the comparison.")
+    )
+    force: Flag = Field(False, description="Activate the new version whatever the comparison.")
+
+    @model_validator(mode="after")
+    def _train_config(self) -> RetrainCreate:
+        """The method and every config key and type against TrainConfig, before the 202."""
+        _check_json_text(self.config, "config")
+        check_train_config(self.method, self.config)
+        return self
 
 
 class RetrainRead(BaseModel):
@@ -325,21 +506,23 @@ class BudgetCurveCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     customers: list[CustomerIn] = Field(min_length=1)
-    budgets: list[float] | None = Field(
+    budgets: list[StrictFloat] | None = Field(
         None, min_length=1, max_length=200,
         description="Budgets to evaluate (total, or per customer if per_capita); default: "
         "n_budgets points from the cheapest assignment's cost to the spend beyond which more "
         "budget buys nothing.",
     )  # fmt: skip
-    n_budgets: int = Field(10, ge=2, le=200)
-    per_capita: bool = False
-    model_version: str | None = Field(None, max_length=128)
+    n_budgets: StrictInt = Field(10, ge=2, le=200)
+    per_capita: Flag = False
+    model_version: Text | None = Field(None, max_length=128)
 
     @model_validator(mode="after")
     def _finite_budgets(self) -> BudgetCurveCreate:
-        bad = [b for b in self.budgets or () if not (b >= 0 and b < float("inf"))]
+        bad = [b for b in self.budgets or () if not (b >= 0 and b <= MAX_MONEY)]
         if bad:
-            raise ValueError(f"budgets must be finite numbers >= 0; got {bad[:5]}")
+            raise ValueError(f"budgets must be numbers in [0, {MAX_MONEY:g}]; got {bad[:5]}")
+        scale = len(self.customers) if self.per_capita else 1
+        _finite_total("budgets", list(self.budgets or ()), scale)
         return self
 
 
@@ -402,29 +585,30 @@ class AllocationJobCreate(BaseModel):
         },
     )
 
-    path: str | None = Field(
+    path: Text | None = Field(
         None, min_length=1, max_length=4096,
         description="Server path under one of DFCL_BATCH_INPUT_ROOTS (file or directory).",
     )  # fmt: skip
     upload_id: uuid.UUID | None = Field(None, description="An upload from POST /v1/uploads.")
-    budget: float = Field(
-        ge=0, allow_inf_nan=False, description="Total budget (or per customer if per_capita)."
+    budget: Money = Field(
+        ge=0,
+        description="Total budget (or per customer if per_capita), <= 1e15; a JSON number.",
     )
-    per_capita: bool = Field(
+    per_capita: Flag = Field(
         False, description="If true, `budget` is per customer; the total is budget x customers."
     )
-    model_version: str | None = Field(
+    model_version: Text | None = Field(
         None, max_length=128, description="A registered version; default: the active one."
     )
-    campaign: str | None = Field(None, max_length=128, description="Free label to filter by.")
+    campaign: Text | None = Field(None, max_length=128, description="Free label to filter by.")
     exploration_rate: float | None = Field(
-        None, ge=0.0, le=1.0, allow_inf_nan=False,
+        None, ge=0.0, le=1.0, allow_inf_nan=False, strict=True,
         description="As on POST /v1/allocations; default DFCL_EXPLORATION_RATE.",
     )  # fmt: skip
-    seed: int | None = Field(
+    seed: StrictInt | None = Field(
         None, ge=0, lt=2**63, description="Seed of the exploration draw; default: new."
     )
-    id_column: str = Field(
+    id_column: Text = Field(
         "customer_id", min_length=1, max_length=128, description="The customer id column."
     )
     engine: Literal["local", "ray"] | None = Field(
@@ -515,22 +699,25 @@ class CampaignCreate(BaseModel):
         },
     )  # fmt: skip
 
-    name: str = Field(min_length=1, max_length=128)
-    budget: float = Field(gt=0, le=1e15, allow_inf_nan=False, description="Total budget.")
-    start_at: datetime | None = Field(None, description="Default: now.")
-    end_at: datetime | None = Field(
+    name: Text = Field(min_length=1, max_length=128)
+    budget: Money = Field(gt=0, description="Total budget (<= 1e15); a JSON number.")
+    start_at: Timestamp | None = Field(None, description="Default: now.")
+    end_at: Timestamp | None = Field(
         None, description="Pace by time until then (or give expected_customers, or both)."
     )
-    expected_customers: int | None = Field(
+    expected_customers: StrictInt | None = Field(
         None, ge=1, le=10**12, description="Pace by count: customers expected in all."
     )
-    model_version: str | None = Field(None, max_length=128, description="Default: the active.")
-    exploration_rate: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False)
-    seed: int | None = Field(None, ge=0, lt=2**63, description="Exploration seed; default new.")
+    model_version: Text | None = Field(None, max_length=128, description="Default: the active.")
+    exploration_rate: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False, strict=True)
+    seed: StrictInt | None = Field(
+        None, ge=0, lt=2**63, description="Exploration seed; default new."
+    )
     pacing: Literal["even"] = Field("even", description="Spend evenly over customers/time.")
     plan_multiplier: float | None = Field(
-        None, ge=0.0, le=1e6, allow_inf_nan=False, description="Starting multiplier, if known."
-    )
+        None, ge=0.0, le=1e6, allow_inf_nan=False, strict=True,
+        description="Starting multiplier, if known.",
+    )  # fmt: skip
     plan_sample: list[CustomerIn] | None = Field(
         None, min_length=1, max_length=10_000,
         description="Expected customers: the starting multiplier is the batch solve on them "
@@ -551,9 +738,9 @@ class CampaignPatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    budget: float | None = Field(None, ge=0.0, le=1e15, allow_inf_nan=False)
-    end_at: datetime | None = None
-    expected_customers: int | None = Field(None, ge=1, le=10**12)
+    budget: Money | None = Field(None, ge=0.0)
+    end_at: Timestamp | None = None
+    expected_customers: StrictInt | None = Field(None, ge=1, le=10**12)
     status: Literal["active", "paused"] | None = None
 
     @model_validator(mode="after")
@@ -660,3 +847,42 @@ class CampaignPage(BaseModel):
     items: list[CampaignRead]
     offset: int
     next_offset: int | None
+
+
+# ------------------------------------------------------------------- retraining config check
+
+
+@cache
+def _train_config_model() -> type[BaseModel]:
+    """A strict pydantic mirror of TrainConfig's fields (training.config is stdlib-only)."""
+    from training import config as train_config
+
+    hints = typing.get_type_hints(train_config.TrainConfig)
+    fields: dict[str, Any] = {
+        f.name: (hints[f.name], None) for f in dataclasses.fields(train_config.TrainConfig)
+    }
+    return create_model(
+        "TrainConfigOverrides", __config__=ConfigDict(extra="forbid", strict=True), **fields
+    )
+
+
+def check_train_config(method: str | None, config: dict[str, Any]) -> None:
+    """Raise ValueError naming the key when `method` or `config` would not make a TrainConfig."""
+    from training import config as train_config
+
+    if method is not None and method not in train_config.METHODS:
+        raise ValueError(f"method must be one of {list(train_config.METHODS)}, got {method!r}")
+    try:
+        _train_config_model().model_validate_json(json.dumps(config))
+    except ValidationError as exc:
+        shown = "; ".join(
+            f"config.{'.'.join(str(p) for p in e['loc'])}: "
+            + ("not a TrainConfig key" if e["type"] == "extra_forbidden" else e["msg"])
+            for e in exc.errors()[:5]
+        )
+        raise ValueError(shown) from None
+    chosen = method or config.get("method") or "bi-dfcl"
+    try:
+        train_config.TrainConfig.from_json({**config, "method": chosen})
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"config: {exc}") from None

@@ -6,6 +6,7 @@ dropped at the end), its schema from `alembic upgrade head`; every test starts f
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -57,6 +58,19 @@ def export_tiny_model(
     """
     export_synthetic_model(out, version, seed=seed, n_treatments=n_treatments, method="tiny-test")
     return declare_treatments(out, declared) if declared is not None else out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _model_roots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """POST /v1/models registers only under DFCL_MODEL_ROOTS; the tests' model directories
+    all live under pytest's base temporary directory."""
+    old = os.environ.get("DFCL_MODEL_ROOTS")
+    os.environ["DFCL_MODEL_ROOTS"] = json.dumps([str(tmp_path_factory.getbasetemp())])
+    yield
+    if old is None:
+        os.environ.pop("DFCL_MODEL_ROOTS", None)
+    else:
+        os.environ["DFCL_MODEL_ROOTS"] = old
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,28 @@ import typer
 from app.cli._common import fail, registry_transaction
 
 
+def check_database(settings: Any) -> None:
+    """Before starting workers: connect and migrate (or check) the schema as the service
+    would, so a missing database or a schema behind with DFCL_AUTO_MIGRATE=false is one
+    `error:` line, not a traceback inside a log line."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from app.db import SchemaNotReady, make_engine, prepare_schema
+
+    try:
+        engine = make_engine(settings)
+    except (SQLAlchemyError, ValueError, OSError) as exc:
+        fail(f"cannot use DFCL_DATABASE_URL: {type(exc).__name__}: {exc}".splitlines()[0])
+    try:
+        prepare_schema(engine, settings)
+    except SchemaNotReady as exc:
+        fail(str(exc).splitlines()[0])
+    except Exception as exc:  # driver, Alembic or file errors: one line, whatever their type
+        fail(f"database {engine.url!r}: {type(exc).__name__}: {exc}".splitlines()[0])
+    finally:
+        engine.dispose()
+
+
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default: DFCL_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: DFCL_PORT).")] = None,
@@ -23,6 +45,7 @@ def serve(
     from app.observability import logging_config
 
     settings = Settings()
+    check_database(settings)
     # JSON (or text) lines with the request id; the app logs one line per request itself.
     log_config = logging_config(settings.log_level, settings.log_format)
     uvicorn.run(
@@ -82,27 +105,50 @@ def demo(
     method: Annotated[str, typer.Option(help="Training method (falls back if missing).")] = (
         "bi-dfcl"
     ),
-    n_obs: Annotated[int, typer.Option(min=1, help="Observational rows.")] = 50_000,
-    n_rct: Annotated[int, typer.Option(min=1, help="Randomized rows.")] = 10_000,
-    n_test: Annotated[int, typer.Option(min=1, help="Randomized test rows.")] = 10_000,
+    full: Annotated[
+        bool,
+        typer.Option(
+            "--full",
+            help="Full size: 50,000 OBS / 10,000 RCT / 10,000 test rows and the TrainConfig "
+            "defaults (several minutes) instead of the quick demo (about a minute).",
+        ),
+    ] = False,
+    n_obs: Annotated[
+        int | None, typer.Option(min=1, help="Observational rows (default 10,000; --full 50,000).")
+    ] = None,
+    n_rct: Annotated[
+        int | None, typer.Option(min=1, help="Randomized rows (default 4,000; --full 10,000).")
+    ] = None,
+    n_test: Annotated[
+        int | None, typer.Option(min=1, help="Randomized test rows (default 2,000; --full 10,000).")
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="TrainConfig JSON overrides.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for data and training.")] = 0,
     serve_after: Annotated[bool, typer.Option("--serve/--no-serve", help="Start the service.")] = (
         True
     ),
 ) -> None:
-    """Simulate data, train (Bi-DFCL), register + activate the model, print curl, serve."""
+    """Simulate data, train (Bi-DFCL), register + activate the model, print curl, serve.
+
+    Quick by default (small data, few epochs); --full for the full-size run. Each run revokes
+    the API key of the previous demo run and prints a new one.
+    """
     from app.config import Settings
     from app.db import SchemaNotReady
     from app.errors import DomainError
     from app.jobs import demo as demo_job
 
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = {} if full else dict(demo_job.DEMO_CONFIG)
     if config is not None:
         try:
-            overrides = json.loads(config.read_text())
+            loaded = json.loads(config.read_text())
         except (OSError, ValueError) as exc:
             fail(f"config {config}: {exc}")
+        if not isinstance(loaded, dict):
+            fail(f"config {config}: must hold a JSON object")
+        overrides.update(loaded)
+    base = demo_job.FULL_SIZES if full else demo_job.DEMO_SIZES
+    sizes = (n_obs or base[0], n_rct or base[1], n_test or base[2])
     settings = Settings()
     try:
         result = demo_job.run(
@@ -110,13 +156,16 @@ def demo(
             workdir,
             method=method,
             config=overrides,
-            sizes=(n_obs, n_rct, n_test),
+            sizes=sizes,
             seed=seed,
             say=typer.echo,
         )
     except (DomainError, SchemaNotReady, ValueError, RuntimeError, OSError) as exc:
         fail(str(exc))
-    typer.echo(f"\nmodel {result.version} ({result.method}) is active. Try it:\n")
+    typer.echo(
+        f"\nmodel {result.version} is active: the {result.method} run's {result.phase} "
+        "weights (see 'serving:' above). Try it:\n"
+    )
     typer.echo(result.curl + "\n")
     if serve_after:
         typer.echo(f"starting the service on {settings.database_url} (Ctrl+C stops it)")

@@ -18,6 +18,10 @@ import numpy.typing as npt
 
 OTHER = "<other>"
 FORMAT_VERSION = 1
+# The accepted range of a numeric feature: |x| <= MAX_ABS. Far inside float32 (the model's input
+# type, max 3.4e38): a network's normalisation and layers overflow long before that. The API
+# (app/schemas.py) and the batch job (app/jobs/allocate.py) check the same bound.
+MAX_ABS = 1e9
 _MISSING = object()
 
 Columns = Mapping[str, Sequence[Any] | npt.NDArray[Any]]
@@ -52,10 +56,27 @@ def _column(columns: Columns, name: str) -> npt.NDArray[Any]:
     return arr
 
 
+def _as_float64(name: str, arr: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+    """astype(float64), with an integer too large for a float named by its row."""
+    try:
+        return arr.astype(np.float64)
+    except OverflowError:
+        for row, value in enumerate(arr.tolist()):
+            try:
+                float(value)
+            except OverflowError:
+                raise FeatureError(
+                    f"feature column {name!r}: row {row} is out of range "
+                    f"(an integer of {len(str(value))} digits)"
+                ) from None
+        raise
+
+
 def _numeric(name: str, arr: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
-    """Column -> float64 (N,); strings, None, NaN and inf are errors naming the first bad row."""
+    """Column -> float64 (N,); strings, None, NaN, inf and |x| > MAX_ABS are errors naming the
+    first bad row."""
     if arr.dtype.kind in "biuf":
-        out = arr.astype(np.float64)
+        out = _as_float64(name, arr)
     else:
         if arr.dtype.kind == "O":
             ok = _IS_NUMBER(arr).astype(bool) if arr.size else np.ones(0, dtype=bool)
@@ -64,11 +85,18 @@ def _numeric(name: str, arr: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
         if not ok.all():
             row = int(np.argmin(ok))
             raise FeatureError(f"feature column {name!r}: row {row} is not numeric ({arr[row]!r})")
-        out = arr.astype(np.float64)
+        out = _as_float64(name, arr)
     bad = ~np.isfinite(out)
     if bad.any():
         row = int(np.argmax(bad))
         raise FeatureError(f"feature column {name!r}: row {row} is not finite ({out[row]!r})")
+    big = np.abs(out) > MAX_ABS
+    if big.any():
+        row = int(np.argmax(big))
+        raise FeatureError(
+            f"feature column {name!r}: row {row} is out of range ({out[row]:.3g}; "
+            f"features must satisfy |x| <= {MAX_ABS:g})"
+        )
     return out
 
 

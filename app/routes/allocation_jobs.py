@@ -10,7 +10,7 @@ from fastapi import APIRouter, BackgroundTasks, Query, Request
 from fastapi.responses import FileResponse, Response
 from starlette.requests import ClientDisconnect
 
-from app.auth import AllocateKey, ReadKey
+from app.auth import AllocateKey, Principal, ReadKey
 from app.deps import SessionDep, SettingsDep
 from app.errors import InvalidInput
 from app.jobs import runner
@@ -18,6 +18,7 @@ from app.routes.allocations import MAX_OFFSET
 from app.routes.idempotent import IDEMPOTENCY_ERRORS, IdempotencyKey, respond_once
 from app.schemas import AllocationJobCreate, AllocationJobPage, AllocationJobRead, UploadRead
 from app.services import allocation_jobs
+from app.visibility import is_admin, public_params, redact_text
 
 PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
 _BINARY: dict[str, Any] = {"schema": {"type": "string", "format": "binary"}}
@@ -26,6 +27,15 @@ uploads_router = APIRouter(prefix="/v1/uploads", tags=["allocation jobs"])
 router = APIRouter(prefix="/v1/allocation-jobs", tags=["allocation jobs"])
 
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "Unknown job"}}
+
+
+def _shown(out: AllocationJobRead, principal: Principal) -> AllocationJobRead:
+    """A server `path` and raw error text are for admin keys; others see the error redacted."""
+    if is_admin(principal):
+        return out
+    return out.model_copy(
+        update={"params": public_params(out.params), "error": redact_text(out.error)}
+    )
 
 
 @uploads_router.post(
@@ -67,6 +77,7 @@ async def upload_table(
     "",
     status_code=202,
     response_model=AllocationJobRead,
+    operation_id="create_allocation_job",
     responses={
         404: {"description": "Unknown model version"},
         422: {
@@ -99,7 +110,7 @@ def create_job(
     return respond_once(request, session, settings, principal, idempotency_key, body, produce)
 
 
-@router.get("", response_model=AllocationJobPage)
+@router.get("", response_model=AllocationJobPage, operation_id="list_allocation_jobs")
 def list_jobs(
     principal: ReadKey,
     session: SessionDep,
@@ -111,15 +122,21 @@ def list_jobs(
     rows, next_offset = allocation_jobs.list_page(
         session, limit=min(limit, settings.max_page_size), offset=offset
     )
-    items = [AllocationJobRead.model_validate(r) for r in rows]
+    items = [_shown(AllocationJobRead.model_validate(r), principal) for r in rows]
     return AllocationJobPage(items=items, offset=offset, next_offset=next_offset)
 
 
-@router.get("/{job_id}", response_model=AllocationJobRead, responses=_NOT_FOUND)
+@router.get(
+    "/{job_id}",
+    response_model=AllocationJobRead,
+    responses=_NOT_FOUND,
+    operation_id="get_allocation_job",
+)
 def get_job(job_id: uuid.UUID, principal: ReadKey, session: SessionDep) -> AllocationJobRead:
     """Status, phase, rows read and scored, progress, error; once succeeded the allocation id,
     totals and per-phase timings."""
-    return AllocationJobRead.model_validate(allocation_jobs.read(session, job_id))
+    job = allocation_jobs.read(session, job_id)
+    return _shown(AllocationJobRead.model_validate(job), principal)
 
 
 @router.delete(
@@ -127,10 +144,12 @@ def get_job(job_id: uuid.UUID, principal: ReadKey, session: SessionDep) -> Alloc
     status_code=202,
     response_model=AllocationJobRead,
     responses={**_NOT_FOUND, 409: {"description": "The job already finished"}},
+    operation_id="cancel_allocation_job",
 )
 def cancel_job(job_id: uuid.UUID, principal: AllocateKey, session: SessionDep) -> AllocationJobRead:
     """Cancel: a running job stops within about a second and stores nothing."""
-    return AllocationJobRead.model_validate(allocation_jobs.cancel(session, job_id))
+    job = allocation_jobs.cancel(session, job_id)
+    return _shown(AllocationJobRead.model_validate(job), principal)
 
 
 @router.get(
@@ -141,6 +160,7 @@ def cancel_job(job_id: uuid.UUID, principal: AllocateKey, session: SessionDep) -
         404: {"description": "Unknown job, or its file was removed"},
         409: {"description": "The job has not succeeded"},
     },
+    operation_id="download_allocation_job_decisions",
 )
 def download_decisions(job_id: uuid.UUID, principal: ReadKey, session: SessionDep) -> FileResponse:
     """The job's decisions (position, customer id, treatment, expectations, exploration)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -12,7 +11,14 @@ from fastapi.responses import Response
 from app.auth import AllocateKey, ReadKey
 from app.deps import RegistryDep, RequestStateDep, SessionDep, SettingsDep
 from app.routes.idempotent import IDEMPOTENCY_ERRORS, IdempotencyKey, respond_once
-from app.schemas import AllocationCreate, AllocationPage, AllocationRead, AllocationSummary
+from app.schemas import (
+    AllocationCreate,
+    AllocationPage,
+    AllocationRead,
+    AllocationSummary,
+    Text,
+    Timestamp,
+)
 from app.services import allocations
 
 router = APIRouter(prefix="/v1/allocations", tags=["allocations"])
@@ -68,10 +74,14 @@ def list_allocations(
     principal: ReadKey,
     session: SessionDep,
     settings: SettingsDep,
-    campaign: str | None = None,
-    model_version: str | None = None,
-    created_after: Annotated[datetime | None, Query(description="Inclusive, ISO 8601")] = None,
-    created_before: Annotated[datetime | None, Query(description="Exclusive, ISO 8601")] = None,
+    campaign: Text | None = None,
+    model_version: Text | None = None,
+    created_after: Annotated[
+        Timestamp | None, Query(description="Inclusive, ISO 8601 (naive means UTC)")
+    ] = None,
+    created_before: Annotated[
+        Timestamp | None, Query(description="Exclusive, ISO 8601 (naive means UTC)")
+    ] = None,
     limit: Annotated[int, Query(ge=1)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> AllocationPage:

@@ -140,6 +140,11 @@ def predict_customers(
             "(DFCL_MAX_CUSTOMERS): split the request"
         )
     model = models.resolve(session, registry, model_version)
+    # Only the model's own features are kept, and so stored with the decisions (for
+    # retraining): other keys a client sends are dropped here, whatever their number.
+    keep = model.spec.raw_columns
+    for customer in customers:
+        customer.features = {k: customer.features[k] for k in keep if k in customer.features}
     t0 = perf_counter()
     features = _encode(model, customers)  # (N, F)
     t1 = perf_counter()

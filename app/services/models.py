@@ -8,10 +8,40 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.errors import Conflict, NoActiveModel, NotFound
+from app.config import Settings
+from app.core.model_card import CARD_FILE, GRAPH_FILE
+from app.errors import Conflict, InvalidModel, NoActiveModel, NotFound
 from app.inference import OnnxModel, file_sha256, read_card
 from app.registry import Registry, check_version_name
 from app.tables import ModelVersion
+
+
+def registration_roots(settings: Settings) -> list[Path]:
+    """Where POST /v1/models may read from: DFCL_MODEL_ROOTS, else the models dir's parent."""
+    roots = settings.model_roots or [settings.models_dir.resolve().parent]
+    return [root.resolve() for root in roots]
+
+
+def check_model_source(source: Path, roots: list[Path]) -> Path:
+    """`source` resolved, if it is a model directory under one of `roots`.
+
+    Every refusal reads the same, whether the path is outside the roots, missing, a file, or a
+    directory without model.json / model.onnx, so a client cannot probe which paths exist.
+    """
+    resolved = source.resolve()
+    inside = any(resolved.is_relative_to(root) for root in roots)
+    if not (
+        inside
+        and resolved.is_dir()
+        and (resolved / CARD_FILE).is_file()
+        and (resolved / GRAPH_FILE).is_file()
+    ):
+        listed = ", ".join(str(root) for root in roots)
+        raise InvalidModel(
+            f"{source} is not a model directory (model.json + model.onnx) under the "
+            f"registration roots ({listed}; DFCL_MODEL_ROOTS)"
+        )
+    return resolved
 
 
 def list_versions(session: Session) -> list[ModelVersion]:
@@ -43,8 +73,15 @@ def get_active(session: Session) -> ModelVersion:
     return get_version(session, version)
 
 
-def register(session: Session, registry: Registry, source: Path) -> ModelVersion:
-    """Check `source`, copy it to models/<version>/ and record the version (inactive)."""
+def register(
+    session: Session, registry: Registry, source: Path, *, roots: list[Path] | None = None
+) -> ModelVersion:
+    """Check `source`, copy it to models/<version>/ and record the version (inactive).
+
+    With `roots` (the API), `source` must be a model directory under one of them.
+    """
+    if roots is not None:
+        source = check_model_source(source, roots)
     version = read_card(source).version if source.is_dir() else None
     if version is not None and session.get(ModelVersion, version) is not None:
         raise Conflict(f"model version {version!r} is already registered")
@@ -71,7 +108,9 @@ def activate(session: Session, registry: Registry, version: str) -> ModelVersion
     (InvalidModel) and the current model keeps serving.
     """
     row = get_version(session, version)
-    model = registry.get(version, reload=True)  # re-check the files as they are now
+    # Re-check the files as they are now; a refusal also drops the version from this
+    # process's cache, and other processes notice the changed files on their next use.
+    model = registry.get(version, reload=True)
     # Serialise concurrent activations (Postgres); SQLite already has a single writer.
     session.execute(select(ModelVersion.version).with_for_update())
     # Unset first: the partial unique index allows one active row at any moment.

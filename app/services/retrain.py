@@ -7,6 +7,7 @@ marked failed the next time anyone looks (pid check), so one crash never blocks 
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import uuid
@@ -21,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db import begin_write
-from app.errors import Conflict, NotFound
+from app.errors import Conflict, InvalidInput, NotFound
 from app.schemas import RetrainCreate
 from app.tables import RetrainJob
 
@@ -78,8 +79,57 @@ def fail_dead_jobs(session: Session) -> None:
     session.flush()
 
 
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq")  # as training.data.tables reads them
+OUTCOME_COLUMNS = ("treatment", "revenue", "cost")
+
+
+def _table_columns(path: Path) -> list[str]:
+    """Column names of a CSV (header line) or Parquet (footer schema) table; OSError/ValueError
+    when it cannot be read as one. Reads no rows: the job validates the data itself."""
+    if path.suffix.lower() == ".csv":
+        with path.open(encoding="utf-8", newline="") as f:
+            header = next(csv.reader(f), None)
+        if not header:
+            raise ValueError("the file is empty (no header line)")
+        return [c.strip() for c in header]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return list(pq.read_schema(path).names)
+    except pa.ArrowException as exc:
+        raise ValueError(f"not a Parquet file ({type(exc).__name__})") from None
+
+
+def check_tables(body: RetrainCreate) -> None:
+    """Base and evaluation tables the request names exist and read as tables with the outcome
+    columns, so a typo is a 422 now rather than a failed job a second later."""
+    for name in ("base_rct", "base_obs", "eval_data"):
+        given = getattr(body, name)
+        if given is None:
+            continue
+        path = Path(given)
+        if path.suffix.lower() not in TABLE_SUFFIXES:
+            raise InvalidInput(
+                f"{name}: {given!r} is not a table (use .csv or .parquet)", field=name
+            )
+        if not path.is_file():
+            raise InvalidInput(f"{name}: {given!r}: file not found", field=name)
+        try:
+            columns = _table_columns(path)
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"{name}: {given!r} cannot be read: {exc}", field=name) from None
+        missing = [c for c in OUTCOME_COLUMNS if c not in columns]
+        if missing:
+            raise InvalidInput(f"{name}: {given!r} lacks the columns {missing}", field=name)
+
+
 def start(session: Session, settings: Settings, body: RetrainCreate) -> RetrainJob:
-    """Record a queued job (409 if one is in progress); the caller launches it after commit."""
+    """Record a queued job (409 if one is in progress); the caller launches it after commit.
+
+    The method and config are checked by RetrainCreate (against TrainConfig), the tables here.
+    """
+    check_tables(body)
     fail_dead_jobs(session)
     running = session.scalar(select(RetrainJob).where(RetrainJob.in_progress))
     if running is not None:

@@ -47,7 +47,7 @@ def test_register_refusals(
     assert r.status_code == 409 and "already registered" in r.json()["detail"]
 
     r = bare_client.post("/v1/models", json={"path": str(tmp_path / "nowhere")})
-    assert r.status_code == 422 and "not a directory" in r.json()["detail"]
+    assert r.status_code == 422 and "is not a model directory" in r.json()["detail"]
 
     r = bare_client.post("/v1/models", json={"path": str(model_sources["bad_shape"])})
     assert r.status_code == 422 and "shape" in r.json()["detail"]
@@ -56,7 +56,7 @@ def test_register_refusals(
     no_onnx.mkdir()
     shutil.copy(model_sources["v2"] / "model.json", no_onnx / "model.json")
     r = bare_client.post("/v1/models", json={"path": str(no_onnx)})
-    assert r.status_code == 422 and "model.onnx is missing" in r.json()["detail"]
+    assert r.status_code == 422 and "is not a model directory" in r.json()["detail"]
 
     garbage = tmp_path / "garbage"
     shutil.copytree(model_sources["v2"], garbage)
