@@ -56,6 +56,7 @@ from app.core.solver import (
     _lexmin,
     _take_fitting,
     _upgrades,
+    total_budget,
 )
 
 BITS = 16  # slope bits resolved per histogram pass
@@ -459,7 +460,7 @@ def solve(engine: Engine, budget: float, *, per_capita: bool = False) -> Plan:
     """
     stats = {"passes": 1}
     totals = engine(Totals())
-    total = _total_budget(budget, totals.n, per_capita)
+    total = total_budget(budget, totals.n, per_capita)
     if totals.start_cost > total * (1 + SUM_RTOL):
         raise InfeasibleBudget(total, totals.start_cost)
     if totals.richest_cost <= total:
@@ -509,18 +510,6 @@ def solve(engine: Engine, budget: float, *, per_capita: bool = False) -> Plan:
     if plan.cost > total:
         plan = _repair(engine, plan, total)
     return plan
-
-
-def _total_budget(budget: float, n: int, per_capita: bool) -> float:
-    try:
-        total = float(budget) * (n if per_capita else 1)
-    except (TypeError, ValueError):
-        raise ValueError(f"budget must be a number, got {budget!r}") from None
-    if not np.isfinite(total):
-        raise ValueError(f"budget must be finite, got {budget!r}")
-    if total < 0:
-        raise ValueError(f"budget must be >= 0, got {budget!r}")
-    return total
 
 
 def _multiplier(engine: Engine, leftover: float, stats: dict[str, int]) -> tuple[Cut, float] | None:

@@ -380,6 +380,20 @@ def _repair(state: State, start: State, total: float) -> State:
     return t, cur_c, cur_r
 
 
+def total_budget(budget: object, n: int, per_capita: bool) -> float:
+    """The total budget of n customers (budget x n when per capita); ValueError if not a
+    finite number >= 0. Shared with the chunked solver (app/core/batch.py)."""
+    try:
+        total = float(budget) * (n if per_capita else 1)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"budget must be a number, got {budget!r}") from None
+    if not np.isfinite(total):
+        raise ValueError(f"budget must be finite, got {budget!r}")
+    if total < 0:
+        raise ValueError(f"budget must be >= 0, got {budget!r}")
+    return total
+
+
 def allocate(revenue: object, cost: object, budget: float, *, per_capita: bool = False) -> Solution:
     """Best one-treatment-per-customer assignment within budget. revenue, cost: (N, K).
 
@@ -389,14 +403,7 @@ def allocate(revenue: object, cost: object, budget: float, *, per_capita: bool =
     """
     R, C = _columns(revenue, cost)
     n = R.shape[1]
-    try:
-        total = float(budget) * (n if per_capita else 1)
-    except (TypeError, ValueError):
-        raise ValueError(f"budget must be a number, got {budget!r}") from None
-    if not np.isfinite(total):
-        raise ValueError(f"budget must be finite, got {budget!r}")
-    if total < 0:
-        raise ValueError(f"budget must be >= 0, got {budget!r}")
+    total = total_budget(budget, n, per_capita)
 
     if n > _SMALL_N:
         lam_floor, start, rows = _bracket(R, C, total)

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
@@ -30,6 +29,7 @@ from app.db import database_url
 from app.jobs import runner
 from app.main import create_app
 from app.services.retrain import process_alive
+from tests.utils.tables import customer_frame as customer_table
 
 FINISHED = ("succeeded", "failed", "cancelled")
 PARQUET = "application/vnd.apache.parquet"
@@ -57,19 +57,6 @@ def _no_jobs(db_url: str) -> None:
     with engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM allocation_jobs"))
     engine.dispose()
-
-
-def customer_table(n: int, seed: int = 0) -> pd.DataFrame:
-    """n customers with the tiny model's raw features (tests/utils/models.py SPEC)."""
-    rng = np.random.default_rng(seed)
-    return pd.DataFrame(
-        {
-            "customer_id": [f"c{i}" for i in range(n)],
-            "recency": rng.integers(1, 13, n),
-            "history": rng.gamma(2.0, 100.0, n).round(2),
-            "channel": rng.choice(["Phone", "Web", "Multichannel"], n),
-        }
-    )
 
 
 def parquet_bytes(frame: pd.DataFrame) -> bytes:

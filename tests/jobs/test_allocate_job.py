@@ -22,19 +22,7 @@ from app.core.solver import InfeasibleBudget, allocate
 from app.inference import OnnxModel
 from app.jobs.allocate import BatchInputError, BatchRequest, JobCancelled, Progress, run_batch
 from app.services.exploration import allocate_with_exploration
-
-
-def customer_frame(n: int, seed: int = 0, prefix: str = "c") -> pd.DataFrame:
-    """n customers with the tiny model's raw features (tests/utils/models.py SPEC)."""
-    rng = np.random.default_rng(seed)
-    return pd.DataFrame(
-        {
-            "customer_id": [f"{prefix}{i}" for i in range(n)],
-            "recency": rng.integers(1, 13, n),
-            "history": rng.gamma(2.0, 100.0, n).round(2),
-            "channel": rng.choice(["Phone", "Web", "Multichannel"], n),
-        }
-    )
+from tests.utils.tables import customer_frame
 
 
 def write_parts(frame: pd.DataFrame, directory: Path, sizes: list[int]) -> Path:

@@ -33,6 +33,7 @@ from app.jobs.allocate import (
     score_local,
     solve_table,
 )
+from tests.utils.tables import customer_frame
 
 pytest.importorskip("ray", reason="the Ray engine needs the [scale] extra: pip install '.[scale]'")
 
@@ -53,19 +54,6 @@ def ray_session() -> Iterator[float]:
 def job_settings(client: TestClient, settings: Settings, tmp_path: Path) -> Settings:
     """tiny-v1 active on SQLite, chunks of CHUNK rows."""
     return settings.model_copy(update={"batch_chunk_rows": CHUNK, "jobs_dir": tmp_path / "jobs"})
-
-
-def customer_frame(n: int, seed: int = 0) -> pd.DataFrame:
-    """n customers with the tiny model's raw features (tests/utils/models.py SPEC)."""
-    rng = np.random.default_rng(seed)
-    return pd.DataFrame(
-        {
-            "customer_id": [f"c{i}" for i in range(n)],
-            "recency": rng.integers(1, 13, n),
-            "history": rng.gamma(2.0, 100.0, n).round(2),
-            "channel": rng.choice(["Phone", "Web", "Multichannel"], n),
-        }
-    )
 
 
 def parts(frame: pd.DataFrame, directory: Path, suffix: str = ".parquet") -> Path:
