@@ -76,6 +76,10 @@ class Chunk:
     rows: IntArray
     revenue: FloatArray
     cost: FloatArray
+    # Each customer's hull from its start (`hull_of`), if the caller computed it once already:
+    # path (K, n), slope and dC (K-1, n). Every pass needs it; recomputing it per pass was most
+    # of the solve's time.
+    hull: tuple[IntArray, FloatArray, FloatArray] | None = None
 
     @classmethod
     def of(cls, rows: object, revenue: object, cost: object) -> Chunk:
@@ -97,6 +101,15 @@ class Chunk:
     def columns(self) -> tuple[FloatArray, FloatArray]:
         """Revenue and cost as contiguous (K, n), the layout of the solver's internals."""
         return np.ascontiguousarray(self.revenue.T), np.ascontiguousarray(self.cost.T)
+
+    def segments(self, R: FloatArray, C: FloatArray) -> tuple[IntArray, FloatArray, FloatArray]:
+        """The hull from the start: cached if given, else computed from R, C (K, n)."""
+        return self.hull if self.hull is not None else _segments(R, C)
+
+
+def hull_of(revenue: FloatArray, cost: FloatArray) -> tuple[IntArray, FloatArray, FloatArray]:
+    """Each customer's hull from its start, for `Chunk.hull`. revenue, cost: (n, K)."""
+    return _segments(np.ascontiguousarray(revenue.T), np.ascontiguousarray(cost.T))
 
 
 class Pass(Protocol[S]):
@@ -180,7 +193,7 @@ class Cut:
 
 def _lp_choice(chunk: Chunk, R: FloatArray, C: FloatArray, cut: Cut) -> IntArray:
     """Treatments after the LP's whole segments: steeper than lam, or equal and before the cut."""
-    path, slope, _ = _segments(R, C)
+    path, slope, _ = chunk.segments(R, C)
     rows = chunk.rows[None, :]
     steps = np.arange(slope.shape[0])[:, None]
     before = (rows < cut.row) | ((rows == cut.row) & (steps < cut.step))
@@ -243,7 +256,7 @@ class SlopeHistogram:
 
     def map(self, chunk: Chunk) -> Histogram:
         R, C = chunk.columns()
-        _, slope, dcost = _segments(R, C)
+        _, slope, dcost = chunk.segments(R, C)
         (step, col), keys = _slope_keys(slope)
         inside = _inside(keys, self.known, self.prefix)
         bins = (keys[inside] >> (64 - self.known - BITS)) & (BINS - 1)
@@ -288,7 +301,7 @@ class CollectSegments:
 
     def map(self, chunk: Chunk) -> Segments:
         R, C = chunk.columns()
-        _, slope, dcost = _segments(R, C)
+        _, slope, dcost = chunk.segments(R, C)
         (step, col), keys = _slope_keys(slope)
         inside = _inside(keys, self.known, self.prefix)
         s, c = step[inside], col[inside]

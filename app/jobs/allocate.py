@@ -340,9 +340,41 @@ def score_batch(
         ),
         "cost": pa.FixedSizeListArray.from_arrays(pa.array(cost.astype(np.float32).ravel()), k),
     }
+    if k > 1:  # every solver pass needs each customer's hull: compute it once, here
+        path, slope, dcost = batch.hull_of(revenue, cost)
+        arrays["hull_path"] = _fixed(path.T.astype(np.int8), k)
+        arrays["hull_slope"] = _fixed(slope.T, k - 1)
+        arrays["hull_dcost"] = _fixed(dcost.T, k - 1)
     if with_features:
         arrays["features"] = _features_json(spec.raw_columns, columns)
     return pa.table(arrays)
+
+
+def _fixed(values: np.ndarray, width: int) -> pa.FixedSizeListArray:
+    """(n, width) -> one fixed-size-list column (a row's values stay together)."""
+    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(values).ravel()), width)
+
+
+def _matrix(block: pa.Table, name: str) -> np.ndarray:
+    """A fixed-size-list column back to (n, width)."""
+    col = block.column(name).combine_chunks()
+    values: np.ndarray = col.flatten().to_numpy(zero_copy_only=False)
+    return values.reshape(-1, col.type.list_size)
+
+
+def chunk_of(block: pa.Table, keep: np.ndarray | None = None) -> batch.Chunk:
+    """The solver's view of a scored block (rows where `keep`), with its cached hulls."""
+    rows, revenue, cost = predictions(block)
+    hull = None
+    if "hull_path" in block.column_names:
+        path = _matrix(block, "hull_path").astype(np.int64)
+        slope, dcost = _matrix(block, "hull_slope"), _matrix(block, "hull_dcost")
+        if keep is not None:
+            path, slope, dcost = path[keep], slope[keep], dcost[keep]
+        hull = (path.T, np.ascontiguousarray(slope.T), np.ascontiguousarray(dcost.T))
+    if keep is not None:
+        rows, revenue, cost = rows[keep], revenue[keep], cost[keep]
+    return batch.Chunk(rows, revenue, cost, hull)
 
 
 def predictions(block: pa.Table) -> tuple[IntArray, FloatArray, FloatArray]:
@@ -390,9 +422,9 @@ class OnRest(BlockPass[S]):
     exploration: Exploration
 
     def map(self, block: pa.Table) -> S:
-        rows, revenue, cost = predictions(block)
+        rows = np.asarray(block.column(ROW).to_numpy(), dtype=np.int64)
         rest = ~self.exploration.draw(rows)[0]
-        return self.inner.map(batch.Chunk(rows[rest], revenue[rest], cost[rest]))
+        return self.inner.map(chunk_of(block, rest))
 
     def reduce(self, a: S, b: S) -> S:
         return self.inner.reduce(a, b)
@@ -443,7 +475,7 @@ class Decide:
         rest = ~explored
         treatment = arm.copy()
         if self.plan is not None and rest.any():
-            treatment[rest] = self.plan.choose(batch.Chunk(rows[rest], revenue[rest], cost[rest]))
+            treatment[rest] = self.plan.choose(chunk_of(block, rest))
         rate, k = self.exploration.rate, self.exploration.k
         greedy = treatment.copy()
         if explored.any():
