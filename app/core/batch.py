@@ -102,6 +102,14 @@ class Chunk:
         """Revenue and cost as contiguous (K, n), the layout of the solver's internals."""
         return np.ascontiguousarray(self.revenue.T), np.ascontiguousarray(self.cost.T)
 
+    def take(self, keep: np.ndarray) -> Chunk:
+        """The customers where `keep` (a mask or positions), with their cached hulls."""
+        hull = None
+        if self.hull is not None:
+            path, slope, dcost = self.hull
+            hull = (path[:, keep], slope[:, keep], dcost[:, keep])
+        return Chunk(self.rows[keep], self.revenue[keep], self.cost[keep], hull)
+
     def segments(self, R: FloatArray, C: FloatArray) -> tuple[IntArray, FloatArray, FloatArray]:
         """The hull from the start: cached if given, else computed from R, C (K, n)."""
         return self.hull if self.hull is not None else _segments(R, C)

@@ -54,6 +54,7 @@ from app.errors import InvalidInput, ModelOutputInvalid
 from app.inference import OnnxModel
 from app.registry import Registry
 from app.services import models
+from app.services.allocations import DECISION_COLUMNS
 from app.services.exploration import ExplorationInfeasible, draw, new_seed
 from app.tables import Allocation
 
@@ -362,18 +363,14 @@ def _matrix(block: pa.Table, name: str) -> np.ndarray:
     return values.reshape(-1, col.type.list_size)
 
 
-def chunk_of(block: pa.Table, keep: np.ndarray | None = None) -> batch.Chunk:
-    """The solver's view of a scored block (rows where `keep`), with its cached hulls."""
+def chunk_of(block: pa.Table) -> batch.Chunk:
+    """The solver's view of a scored block: row keys, predictions and the cached hulls."""
     rows, revenue, cost = predictions(block)
     hull = None
     if "hull_path" in block.column_names:
         path = _matrix(block, "hull_path").astype(np.int64)
         slope, dcost = _matrix(block, "hull_slope"), _matrix(block, "hull_dcost")
-        if keep is not None:
-            path, slope, dcost = path[keep], slope[keep], dcost[keep]
-        hull = (path.T, np.ascontiguousarray(slope.T), np.ascontiguousarray(dcost.T))
-    if keep is not None:
-        rows, revenue, cost = rows[keep], revenue[keep], cost[keep]
+        hull = (path.T, slope.T, dcost.T)
     return batch.Chunk(rows, revenue, cost, hull)
 
 
@@ -422,9 +419,8 @@ class OnRest(BlockPass[S]):
     exploration: Exploration
 
     def map(self, block: pa.Table) -> S:
-        rows = np.asarray(block.column(ROW).to_numpy(), dtype=np.int64)
-        rest = ~self.exploration.draw(rows)[0]
-        return self.inner.map(chunk_of(block, rest))
+        chunk = chunk_of(block)
+        return self.inner.map(chunk.take(~self.exploration.draw(chunk.rows)[0]))
 
     def reduce(self, a: S, b: S) -> S:
         return self.inner.reduce(a, b)
@@ -470,12 +466,13 @@ class Decide:
     treatments: tuple[str, ...]
 
     def __call__(self, block: pa.Table) -> pa.Table:
-        rows, revenue, cost = predictions(block)
+        chunk = chunk_of(block)  # converted once: the plan and the columns below share it
+        rows, revenue, cost = chunk.rows, chunk.revenue, chunk.cost
         explored, arm = self.exploration.draw(rows)
         rest = ~explored
         treatment = arm.copy()
         if self.plan is not None and rest.any():
-            treatment[rest] = self.plan.choose(chunk_of(block, rest))
+            treatment[rest] = self.plan.choose(chunk.take(rest))
         rate, k = self.exploration.rate, self.exploration.k
         greedy = treatment.copy()
         if explored.any():
@@ -810,10 +807,7 @@ def remove_output(path: Path) -> None:
 
 # ------------------------------------------------------------------------------- storing
 
-_STORED = (
-    "position", ID, "treatment", "expected_revenue", "expected_cost", "propensity",
-    "explored", "features",
-)  # fmt: skip
+_STORED = DECISION_COLUMNS[1:]  # every stored column but allocation_id, in table order
 
 
 def store_result(
@@ -856,7 +850,7 @@ def insert_decisions(session: Session, allocation_id: uuid.UUID, path: Path) -> 
     executemany per row group on the raw connection (no ORM objects), in the same transaction.
     """
     raw = session.connection().connection.driver_connection
-    columns = ", ".join(("allocation_id", *_STORED))
+    columns = ", ".join(DECISION_COLUMNS)
     parts = _parts(path)
     if session.get_bind().dialect.name == "postgresql":
         cursor = raw.cursor()  # type: ignore[union-attr]
@@ -864,13 +858,13 @@ def insert_decisions(session: Session, allocation_id: uuid.UUID, path: Path) -> 
             for rb in _stored_batches(parts):
                 table = pa.table(
                     [pa.array([str(allocation_id)] * rb.num_rows), *rb.columns],
-                    names=["allocation_id", *_STORED],
+                    names=list(DECISION_COLUMNS),
                 )
                 sink = pa.BufferOutputStream()
                 pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=False))
                 copy.write(sink.getvalue().to_pybytes())
         return
-    marks = ", ".join("?" * (len(_STORED) + 1))
+    marks = ", ".join("?" * len(DECISION_COLUMNS))
     cursor = raw.cursor()  # type: ignore[union-attr]
     sql = f"INSERT INTO decisions ({columns}) VALUES ({marks})"
     for rb in _stored_batches(parts):
@@ -882,8 +876,3 @@ def _stored_batches(parts: list[Path]) -> Iterator[pa.RecordBatch]:
     for part in parts:
         with pq.ParquetFile(part) as f:
             yield from f.iter_batches(batch_size=65_536, columns=list(_STORED))
-
-
-def cleanup(workdir: Path) -> None:
-    """Remove a job's scratch files (a failed or cancelled job leaves nothing)."""
-    shutil.rmtree(workdir, ignore_errors=True)

@@ -74,7 +74,8 @@ def _encode(model: OnnxModel, customers: list[CustomerIn]) -> np.ndarray:
         ) from None
 
 
-_DECISION_COLUMNS = (
+# The decisions table's columns as both bulk paths write them (also app/jobs/allocate.py).
+DECISION_COLUMNS = (
     "allocation_id",
     "position",
     "customer_id",
@@ -101,12 +102,12 @@ def _insert_decisions(
     rows = zip(*columns, features, strict=True)
     if session.get_bind().dialect.name == "postgresql":
         cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
-        with cursor.copy(f"COPY decisions ({', '.join(_DECISION_COLUMNS)}) FROM STDIN") as copy:
+        with cursor.copy(f"COPY decisions ({', '.join(DECISION_COLUMNS)}) FROM STDIN") as copy:
             for position, (*row, x) in enumerate(rows):
                 copy.write_row((allocation_id, position, *row, json.dumps(x)))
         return
     values = [
-        dict(zip(_DECISION_COLUMNS, (allocation_id, position, *row), strict=True))
+        dict(zip(DECISION_COLUMNS, (allocation_id, position, *row), strict=True))
         for position, row in enumerate(rows)
     ]
     session.execute(insert(cast(Table, Decision.__table__)), values)
@@ -139,7 +140,11 @@ def predict_customers(
             f"{n_customers} customers in one request; the limit is {max_customers} "
             "(DFCL_MAX_CUSTOMERS): split the request"
         )
-    model = models.resolve(session, registry, model_version)
+    return score_customers(models.resolve(session, registry, model_version), customers)
+
+
+def score_customers(model: OnnxModel, customers: list[CustomerIn]) -> Predicted:
+    """Encoding and one model call for a known model; refuses non-finite predictions."""
     # Only the model's own features are kept, and so stored with the decisions (for
     # retraining): other keys a client sends are dropped here, whatever their number.
     keep = model.spec.raw_columns

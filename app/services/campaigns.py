@@ -29,21 +29,22 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import numpy as np
-from sqlalchemy import Table, bindparam, insert, select, text, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.core import pacing
 from app.core.solver import InfeasibleBudget, allocate
 from app.db import begin_write
-from app.errors import Conflict, InvalidInput, ModelOutputInvalid, NotFound
+from app.errors import Conflict, InvalidInput, NotFound
 from app.registry import Registry
 from app.schemas import CampaignCreate, CampaignDecide, CampaignPatch, CustomerIn
 from app.services import models
 from app.services.allocations import (
     DecisionView,
-    _encode,
+    Predicted,
     _insert_decisions,
     predict_customers,
+    score_customers,
 )
 from app.services.exploration import SEED_LIMIT, draw, new_seed
 from app.tables import Allocation, Campaign, CampaignHistory
@@ -213,17 +214,26 @@ def list_page(session: Session, *, limit: int, offset: int) -> tuple[list[Campai
     return rows[:limit], (offset + limit if len(rows) > limit else None)
 
 
-def _locked(session: Session, campaign_id: uuid.UUID) -> Campaign:
-    """The campaign row under this transaction's lock (see the module docstring)."""
+def _take_lock(session: Session, campaign_id: uuid.UUID) -> bool:
+    """Start this transaction's write and lock the campaign (see the module docstring).
+
+    SQLite: the first write statement takes the database write lock before anything is read.
+    Returns whether the row's read must lock it itself (PostgreSQL: SELECT ... FOR UPDATE).
+    """
     begin_write(session)
     if session.get_bind().dialect.name == "sqlite":
-        # The first write statement takes SQLite's write lock before anything is read.
-        session.execute(
-            text("UPDATE campaigns SET id = id WHERE id = :id"), {"id": campaign_id.hex}
-        )
-        campaign = session.get(Campaign, campaign_id, populate_existing=True)
-    else:
-        campaign = session.get(Campaign, campaign_id, with_for_update=True, populate_existing=True)
+        session.execute(_TAKE_WRITE_LOCK, {"campaign_key": campaign_id})
+        return False
+    return True
+
+
+def _locked(session: Session, campaign_id: uuid.UUID) -> Campaign:
+    """The campaign row under this transaction's lock, as an ORM object (for slow paths)."""
+    for_update = _take_lock(session, campaign_id)
+    campaign = session.get(
+        Campaign, campaign_id, with_for_update=True if for_update else None,
+        populate_existing=True,
+    )  # fmt: skip
     if campaign is None:
         raise NotFound(f"campaign {campaign_id} does not exist")
     return campaign
@@ -298,34 +308,16 @@ def _model_version(session: Session, campaign_id: uuid.UUID) -> str:
     return version
 
 
-def _predict(registry: Registry, version: str, customers: list[CustomerIn]) -> Any:
-    """(model, revenue, cost), each (n, K), of the campaign's own model (registered when the
-    campaign was created, so no registry row is read)."""
-    model = registry.get(version)
-    # Only the model's own features are kept (and so stored with the decisions), as
-    # allocations.predict_customers does: other keys a client sends are dropped here.
-    keep = model.spec.raw_columns
-    for customer in customers:
-        customer.features = {k: customer.features[k] for k in keep if k in customer.features}
-    revenue, cost = model.predict(_encode(model, customers))
-    if not (np.isfinite(revenue).all() and np.isfinite(cost).all()):
-        bad = int(np.argmin(np.isfinite(revenue).all(axis=1) & np.isfinite(cost).all(axis=1)))
-        raise ModelOutputInvalid(
-            f"model {version} predicted a non-finite value for customer {customers[bad].id!r}"
-        )
-    return model, revenue, cost
+def _predict(registry: Registry, version: str, customers: list[CustomerIn]) -> Predicted:
+    """The campaign's own model (registered when the campaign was created, so no registry row
+    is read) scores the customers."""
+    return score_customers(registry.get(version), customers)
 
 
 def _locked_row(session: Session, campaign_id: uuid.UUID) -> Campaign:
     """The campaign row under this transaction's lock, as a detached snapshot (Core read)."""
-    begin_write(session)
-    key = {"campaign_key": campaign_id}
-    if session.get_bind().dialect.name == "sqlite":
-        # The first write statement takes SQLite's write lock before anything is read.
-        session.execute(_TAKE_WRITE_LOCK, key)
-        row = session.execute(_SELECT_ROW, key).first()
-    else:
-        row = session.execute(_SELECT_ROW_FOR_UPDATE, key).first()
+    select_row = _SELECT_ROW_FOR_UPDATE if _take_lock(session, campaign_id) else _SELECT_ROW
+    row = session.execute(select_row, {"campaign_key": campaign_id}).first()
     if row is None:
         raise NotFound(f"campaign {campaign_id} does not exist")
     return Campaign(**row._asdict())
@@ -336,7 +328,8 @@ def decide(
 ) -> Decided:
     """Decide a batch at the campaign's multiplier, store it, then take one pacing step."""
     version = _model_version(session, campaign_id)
-    model, revenue, cost = _predict(registry, version, body.customers)  # outside the lock
+    scored = _predict(registry, version, body.customers)  # outside the lock
+    model, revenue, cost = scored.model, scored.revenue, scored.cost
     n, k = revenue.shape
     campaign = _locked_row(session, campaign_id)
     now = _now()
@@ -405,7 +398,8 @@ def decide(
     campaign.n_stopped += int(out.stopped.sum())
     campaign.cheapest_cost = seen_cheapest
     campaign.updated_at = now
-    _history(session, campaign, now)  # sets last_history_at when it adds a point
+    after = spend_state(campaign)
+    _history(session, campaign, now, state=after)  # sets last_history_at when it adds a point
     session.execute(
         _UPDATE_ROW,
         dict(
@@ -419,9 +413,7 @@ def decide(
     views = [
         DecisionView(i, t, names[t], r, c, p, e) for i, t, r, c, p, e in zip(*columns, strict=True)
     ]
-    return Decided(
-        campaign, allocation_id, views, out.stopped.tolist(), float(lam), spend_state(campaign)
-    )
+    return Decided(campaign, allocation_id, views, out.stopped.tolist(), float(lam), after)
 
 
 def _expire_loaded(session: Session, campaign_id: uuid.UUID) -> None:
@@ -483,12 +475,20 @@ def _subtract_outcomes(
     )  # fmt: skip
 
 
-def _history(session: Session, campaign: Campaign, now: datetime, *, force: bool = False) -> None:
-    """Append a history point, at most one per HISTORY_EVERY unless forced."""
+def _history(
+    session: Session,
+    campaign: Campaign,
+    now: datetime,
+    *,
+    force: bool = False,
+    state: SpendState | None = None,
+) -> None:
+    """Append a history point, at most one per HISTORY_EVERY unless forced. `state`: the
+    campaign's spend state if the caller has it already."""
     if not force and campaign.last_history_at is not None:
         if now - campaign.last_history_at < HISTORY_EVERY:
             return
-    state = spend_state(campaign)
+    state = state or spend_state(campaign)
     session.execute(
         insert(_HISTORY),
         dict(
