@@ -16,6 +16,19 @@ cost = purchase * discount * basket + contact. W_i = exp(0.4 u_i - 0.08), u_i ~ 
 hidden "wallet" factor that is not among the features and has mean 1, so the truth stays
 E[outcome | x, k].
 
+Regime "deal-seekers" (`SimulatorParams.regime`) adds a hidden trait D_i ~ N(0, 1) (a deal-seeker
+score), correlated DEAL_CORRELATION with the observed price sensitivity. It raises the customer's
+response to discounts (beta_i += deal_response * D_i), and the OBS logging policy targets it
+with a sign that depends on the channel (DEAL_REACH): online, coupon-site and affiliate
+retargeting finds deal-seekers and gives them deep discounts; on the phone, staff hand
+discounts to loyal customers, who are the opposite of deal-seekers. The CRM records neither.
+Within an arm, a model fit to OBS therefore over-states the response of web customers and
+under-states that of phone customers -- a ranking error that the budget multiplier cannot
+absorb. The truth stays E[outcome | x, k]: the trait is integrated out given x (Gauss-Hermite).
+`deal_targeting` and `deal_response` were set by one criterion only, the de-biasing ceiling,
+before any decision-focused method ran on the regime (docs/methods.md, "The deal-seekers
+regime").
+
 RCT assigns arms uniformly. The OBS logging policy gave deeper discounts to customers who looked
 valuable (engaged, big history, recent, and -- as sales staff know -- a big wallet): exactly the
 ones who buy a lot anyway. A naive OBS comparison therefore over-states the effect, and because
@@ -26,6 +39,7 @@ confounding (0 = unconfounded); the OBS `propensity` column is the true logging 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +63,11 @@ CATEGORICAL = {
     "region": ("urban", "suburban", "rural"),
 }
 WALLET_SD = 0.4  # log-sd of the hidden wallet factor
+REGIMES = ("default", "deal-seekers")
+DEAL_CORRELATION = 0.5  # corr(D, standardised price_sensitivity): the part the features show
+# sign and weight of the logging policy's D-targeting by channel (retargeting vs phone staff)
+DEAL_REACH = {"web": 1.0, "multichannel": 0.3, "phone": -1.0}
+_QUADRATURE = 24  # Gauss-Hermite nodes for integrating D out of the truth
 CONTACT_COST = {"web": 0.05, "phone": 0.40, "multichannel": 0.20}  # per treated customer
 
 
@@ -63,6 +82,11 @@ class SimulatorParams:
     bias: float = 1.0
     seed: int = 0
     max_discount: float = 0.20
+    regime: str = "default"
+    # deal-seekers regime only (registered values, see the module docstring): the logging
+    # policy's weight on the hidden trait, and the response logit shift per unit of it
+    deal_targeting: float = 2.0
+    deal_response: float = 2.0
 
     def __post_init__(self) -> None:
         if min(self.n_obs, self.n_rct, self.n_test) < 1:
@@ -73,6 +97,12 @@ class SimulatorParams:
             raise ValueError(f"max_discount must lie in (0, 1), got {self.max_discount}")
         if not np.isfinite(self.bias) or self.bias < 0:
             raise ValueError(f"bias must be a finite number >= 0, got {self.bias}")
+        if self.regime not in REGIMES:
+            raise ValueError(f"regime must be one of {REGIMES}, got {self.regime!r}")
+        for name in ("deal_targeting", "deal_response"):
+            value = getattr(self, name)
+            if not np.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be finite and >= 0, got {value}")
 
 
 def _sigmoid(x: FloatArray) -> FloatArray:
@@ -145,20 +175,55 @@ def _drivers(features: pd.DataFrame) -> _Drivers:
     return _Drivers(alpha, beta, gamma, basket, noise, contact)
 
 
-def _purchase_prob(d: _Drivers, n_treatments: int) -> FloatArray:
-    """p_ik (N, K) with concave response in intensity."""
+def _purchase_prob(
+    d: _Drivers, n_treatments: int, deal: FloatArray | None = None, response: float = 0.0
+) -> FloatArray:
+    """p_ik (N, K) with concave response in intensity; deal (N,): the hidden trait, if any,
+    which shifts the full-intensity response logit by `response` per unit."""
     intensity = np.arange(n_treatments) / (n_treatments - 1)  # (K,)
     g = d.gamma[:, None]
     h = (1.0 - np.exp(-g * intensity)) / (1.0 - np.exp(-g))  # (N, K)
-    return _sigmoid(d.alpha[:, None] + d.beta[:, None] * h)
+    beta = d.beta if deal is None else d.beta + response * deal
+    return _sigmoid(d.alpha[:, None] + beta[:, None] * h)
+
+
+_PRICE_SENSITIVITY_SD = math.sqrt(1.09)  # population sd of sample_features' price_sensitivity
+
+
+def deal_mean(features: pd.DataFrame) -> FloatArray:
+    """E[D | x] (N,): the part of the hidden deal-seeker trait the features show."""
+    ps = features["price_sensitivity"].to_numpy(dtype=np.float64)
+    mean: FloatArray = DEAL_CORRELATION * ps / _PRICE_SENSITIVITY_SD
+    return mean
+
+
+def sample_deal(features: pd.DataFrame, rng: np.random.Generator) -> FloatArray:
+    """Hidden deal-seeker trait D (N,) ~ N(0, 1), correlated DEAL_CORRELATION with x."""
+    spread = math.sqrt(1.0 - DEAL_CORRELATION**2)
+    return deal_mean(features) + spread * rng.standard_normal(len(features))
+
+
+def _expected_purchase(d: _Drivers, features: pd.DataFrame, n_treatments: int,
+                       regime: str, response: float) -> FloatArray:  # fmt: skip
+    """E[p_ik | x] (N, K): the hidden trait (if the regime has one) integrated out given x."""
+    if regime == "default":
+        return _purchase_prob(d, n_treatments)
+    nodes, weights = np.polynomial.hermite_e.hermegauss(_QUADRATURE)  # weight exp(-u^2/2)
+    weights = weights / math.sqrt(2.0 * math.pi)  # a N(0, 1) expectation
+    mean, spread = deal_mean(features), math.sqrt(1.0 - DEAL_CORRELATION**2)
+    p = np.zeros((len(mean), n_treatments))
+    for node, weight in zip(nodes, weights, strict=True):  # over quadrature nodes, not customers
+        p += weight * _purchase_prob(d, n_treatments, mean + spread * node, response)
+    return p
 
 
 def expected(
-    features: pd.DataFrame, n_treatments: int = 5, max_discount: float = 0.20
-) -> tuple[FloatArray, FloatArray]:
+    features: pd.DataFrame, n_treatments: int = 5, max_discount: float = 0.20,
+    regime: str = "default", deal_response: float = 2.0,
+) -> tuple[FloatArray, FloatArray]:  # fmt: skip
     """Ground truth E[revenue | x, k] and E[cost | x, k]: two (N, K) arrays."""
     d = _drivers(features)
-    p = _purchase_prob(d, n_treatments)
+    p = _expected_purchase(d, features, n_treatments, regime, deal_response)
     discount = max_discount * np.arange(n_treatments) / (n_treatments - 1)  # (K,)
     revenue = p * d.basket[:, None]
     cost = revenue * discount + d.contact[:, None] * (discount > 0)
@@ -172,13 +237,18 @@ def sample_outcomes(
     n_treatments: int = 5,
     max_discount: float = 0.20,
     wallet: FloatArray | None = None,
+    deal: FloatArray | None = None,
+    deal_response: float = 2.0,
 ) -> tuple[FloatArray, FloatArray]:
-    """Noisy observed (revenue, cost), each (N,); wallet (N,) ~ N(0, 1) is drawn if not given."""
+    """Noisy observed (revenue, cost), each (N,); wallet (N,) ~ N(0, 1) is drawn if not given.
+
+    deal (N,): the hidden deal-seeker trait of the deal-seekers regime (None: no such trait).
+    """
     d = _drivers(features)
     if wallet is None:
         wallet = rng.standard_normal(len(treatment))
     rows = np.arange(len(treatment))
-    p = _purchase_prob(d, n_treatments)[rows, treatment]
+    p = _purchase_prob(d, n_treatments, deal, deal_response)[rows, treatment]
     discount = max_discount * treatment / (n_treatments - 1)
     bought = rng.uniform(size=len(treatment)) < p
     spend_level = np.exp(WALLET_SD * wallet - 0.5 * WALLET_SD**2)  # mean 1: truth unchanged
@@ -189,9 +259,11 @@ def sample_outcomes(
 
 
 def logging_propensity(
-    features: pd.DataFrame, n_treatments: int, bias: float, wallet: FloatArray | None = None
-) -> FloatArray:
-    """OBS policy P(k | x, wallet), (N, K): deeper discounts for customers who look valuable."""
+    features: pd.DataFrame, n_treatments: int, bias: float, wallet: FloatArray | None = None,
+    deal: FloatArray | None = None, deal_targeting: float = 0.0,
+) -> FloatArray:  # fmt: skip
+    """OBS policy P(k | x, wallet, deal), (N, K): deeper discounts for customers who look
+    valuable, and (deal-seekers regime) for deal-seekers that retargeting can reach."""
     num = {c: features[c].to_numpy(dtype=np.float64) for c in ("engagement", "history", "recency")}
     looks_valuable = (
         0.8 * num["engagement"] + 0.7 * np.log(num["history"] / 90.0) - 0.5 * np.log(num["recency"])
@@ -200,7 +272,12 @@ def logging_propensity(
         looks_valuable = looks_valuable + 0.8 * wallet
     intensity = np.arange(n_treatments) / (n_treatments - 1)
     prior = np.where(np.arange(n_treatments) == 0, 1.0, 0.0)  # control is the common default
-    logits = prior + 1.5 * bias * looks_valuable[:, None] * (intensity - 0.5)  # (N, K)
+    target = looks_valuable
+    if deal is not None:
+        channel = features["channel"].to_numpy()
+        reach = np.select([channel == c for c in DEAL_REACH], list(DEAL_REACH.values()), 0.0)
+        target = target + deal_targeting * reach * deal
+    logits = prior + 1.5 * bias * target[:, None] * (intensity - 0.5)  # (N, K)
     logits -= logits.max(axis=1, keepdims=True)
     w: FloatArray = np.exp(logits)
     probs: FloatArray = w / w.sum(axis=1, keepdims=True)
@@ -229,7 +306,13 @@ class SimulatedData:
 
     def expected(self, features: pd.DataFrame) -> tuple[FloatArray, FloatArray]:
         """Ground truth (revenue, cost), each (N, K), for any customers."""
-        return expected(features, self.params.n_treatments, self.params.max_discount)
+        return expected(
+            features,
+            self.params.n_treatments,
+            self.params.max_discount,
+            self.params.regime,
+            self.params.deal_response,
+        )
 
     def true_value(self, policy: IntArray) -> tuple[float, float]:
         """True per-capita (revenue, cost) of a treatment per test customer (N_test,)."""
@@ -283,14 +366,20 @@ def simulate(params: SimulatorParams | None = None, **overrides: Any) -> Simulat
     def table(n: int, confounded: bool) -> pd.DataFrame:
         features = sample_features(n, rng)
         wallet = rng.standard_normal(n)  # hidden: never written to the tables
+        # hidden too; drawn only in its regime, so the default regime's stream is unchanged
+        deal = sample_deal(features, rng) if params.regime == "deal-seekers" else None
         if confounded:
-            probs = logging_propensity(features, k, params.bias, wallet)
+            probs = logging_propensity(
+                features, k, params.bias, wallet, deal, params.deal_targeting
+            )
             treatment = _draw_categorical(probs, rng)
             propensity = probs[np.arange(n), treatment]
         else:
             treatment = rng.integers(0, k, size=n)
             propensity = uniform[treatment]
-        revenue, cost = sample_outcomes(features, treatment, rng, k, params.max_discount, wallet)
+        revenue, cost = sample_outcomes(
+            features, treatment, rng, k, params.max_discount, wallet, deal, params.deal_response
+        )
         return features.assign(
             treatment=treatment, revenue=revenue, cost=cost, propensity=propensity
         )
@@ -298,7 +387,9 @@ def simulate(params: SimulatorParams | None = None, **overrides: Any) -> Simulat
     rct = table(params.n_rct, confounded=False)
     obs = table(params.n_obs, confounded=True)
     test = table(params.n_test, confounded=False)
-    truth_revenue, truth_cost = expected(test, k, params.max_discount)
+    truth_revenue, truth_cost = expected(
+        test, k, params.max_discount, params.regime, params.deal_response
+    )
     return SimulatedData(
         params=params,
         rct=rct,
