@@ -32,24 +32,22 @@ import numpy as np
 import torch
 
 from app.core import metrics
-from training.config import METHODS, TWO_STAGE, TrainConfig
+from training.config import DFCL, METHODS, TWO_STAGE, TrainConfig
 from training.data import Table, encode_table, load_dataset
-from training.data.simulator import simulate
+from training.data.simulator import REGIMES, simulate
 from training.train import train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUANTILES = (0.25, 0.5, 0.75)
 BUDGET_NAMES = ("low", "mid", "high")
 # Every method runs with TrainConfig's defaults (what `dfcl train` ships). Extra labelled runs:
-# the decision-focused phases judged on their own (keep_warm_start off: "-raw"), and PIFD.
-RAW = {"keep_warm_start": False}
-VARIANTS = {
-    "dfcl-pl-raw": ("dfcl-pl", RAW),
-    "dfcl-mer-raw": ("dfcl-mer", RAW),
-    "dfcl-ifd-raw": ("dfcl-ifd", RAW),
-    "bi-dfcl-raw": ("bi-dfcl", RAW),
-    "bi-dfcl-pifd-raw": ("bi-dfcl", {**RAW, "upper_loss": "pifd"}),
+# upper-level variants of Bi-DFCL, and every decision-focused method's phase judged on its own
+# ("<label>-raw": keep_warm_start off), which comes from the same training run as <label>.
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "bi-dfcl-pifd": ("bi-dfcl", {"upper_loss": "pifd"}),
+    "bi-dfcl-aipw": ("bi-dfcl", {"upper_target": "aipw"}),
 }
+RAW = {f"{m}-raw": m for m in (*DFCL, "bi-dfcl", *VARIANTS)}
 CEILING = "pooled-unconfounded"  # diagnostic, simulator only (see the module docstring)
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
@@ -113,6 +111,7 @@ def _config(args: argparse.Namespace, label: str, seed: int, n_obs: int) -> Trai
     """Benchmark config: every method gets the same number of optimizer steps per epoch."""
     base: dict[str, Any] = json.loads(Path(args.config).read_text()) if args.config else {}
     method, changes = VARIANTS.get(label, (label, {}))
+    changes = {**changes, "keep_warm_start": True}  # "-raw" rows come from TrainResult.raw
     base = {**changes, **base}
     if args.quick:
         base = {"epochs": 3, "prediction_epochs": 3, "teacher_epochs": 3, "hidden": (16, 8),
@@ -127,16 +126,25 @@ def _run_methods(args: argparse.Namespace, setting: str, seed: int, rct: Table, 
                  test: Table, truth: metrics.Logged | None, budgets: np.ndarray,
                  grid: np.ndarray) -> list[dict[str, Any]]:  # fmt: skip
     records = []
-    for method in (m for m in args.methods if m != CEILING):
-        result = train(_config(args, method, seed, obs.n_rows), rct, obs, progress=False)
-        rec = {"setting": setting, "seed": seed, "method": method, "budgets": budgets.tolist(),
-               **evaluate(result, test, truth, budgets, grid)}  # fmt: skip
-        records.append(rec)
-        shown = rec.get("true_revenue", rec["eom_revenue"])
-        print(f"  [{setting} seed {seed}] {method:<12} {result.seconds:6.1f}s  revenue "
-              + " ".join(f"{v:.4f}" for v in shown)
-              + f"  val_rev {rec['val_revenue']:.4f} ({rec['selected_phase']})",
-              flush=True)  # fmt: skip
+    wanted = [m for m in args.methods if m != CEILING]
+    runs = list(dict.fromkeys(RAW.get(m, m) for m in wanted))  # one training per base label
+    for label in runs:
+        raw = f"{label}-raw" in wanted
+        cfg = _config(args, label, seed, obs.n_rows)
+        result = train(cfg, rct, obs, progress=False, also_raw=raw)
+        outputs = [(label, result)] if label in wanted else []
+        if raw:
+            assert result.raw is not None
+            outputs.append((f"{label}-raw", result.raw))
+        for name, res in outputs:
+            rec = {"setting": setting, "seed": seed, "method": name, "budgets": budgets.tolist(),
+                   **evaluate(res, test, truth, budgets, grid)}  # fmt: skip
+            records.append(rec)
+            shown = rec.get("true_revenue", rec["eom_revenue"])
+            print(f"  [{setting} seed {seed}] {name:<16} {res.seconds:6.1f}s  revenue "
+                  + " ".join(f"{v:.4f}" for v in shown)
+                  + f"  val_rev {rec['val_revenue']:.4f} ({rec['selected_phase']})",
+                  flush=True)  # fmt: skip
     return records
 
 
@@ -144,9 +152,15 @@ def simulator_records(args: argparse.Namespace, ratio: int, seed: int) -> list[d
     """Simulate one data set, train every method, evaluate against the ground truth."""
     n_rct = max(args.n_obs // ratio, 20)
     sim_seed = 1000 * ratio + seed + args.seed_offset
-    bias = {} if args.bias is None else {"bias": args.bias}
-    sim = simulate(n_obs=args.n_obs, n_rct=n_rct, n_test=args.n_test, seed=sim_seed, **bias)
-    setting = f"sim {ratio}:1"
+    world: dict[str, Any] = {"regime": args.regime}
+    if args.bias is not None:
+        world["bias"] = args.bias
+    if args.deal_targeting is not None:
+        world["deal_targeting"] = args.deal_targeting
+    if args.deal_response is not None:
+        world["deal_response"] = args.deal_response
+    sim = simulate(n_obs=args.n_obs, n_rct=n_rct, n_test=args.n_test, seed=sim_seed, **world)
+    setting = f"sim {ratio}:1" + ("" if args.regime == "default" else f" {args.regime}")
     with tempfile.TemporaryDirectory() as tmp:
         data = load_dataset(sim.write(Path(tmp) / "data"))
         truth = _stacked_truth(sim.truth_revenue, sim.truth_cost)
@@ -165,7 +179,7 @@ def simulator_records(args: argparse.Namespace, ratio: int, seed: int) -> list[d
                             "budgets": budgets.tolist(),
                             **evaluate(result, data.test, truth, budgets, grid)})  # fmt: skip
     oracle = [sim.oracle(float(b)).revenue / args.n_test for b in np.concatenate([budgets, grid])]
-    records.append({"setting": f"sim {ratio}:1", "seed": seed, "method": "oracle",
+    records.append({"setting": setting, "seed": seed, "method": "oracle",
                     "budgets": budgets.tolist(), "true_revenue": oracle[:3],
                     "true_curve": oracle[3:]})  # fmt: skip
     return records
@@ -311,7 +325,22 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="simulator confounding (default: the simulator's); diagnostics only",
     )
-    parser.add_argument("--methods", default=",".join([*METHODS, *VARIANTS, CEILING]))
+    parser.add_argument(
+        "--regime", default="default", choices=REGIMES, help="simulator regime (see simulator.py)"
+    )
+    parser.add_argument(
+        "--deal-targeting",
+        type=float,
+        default=None,
+        help="deal-seekers regime: logging weight on the hidden trait (default: registered)",
+    )
+    parser.add_argument(
+        "--deal-response",
+        type=float,
+        default=None,
+        help="deal-seekers regime: response logit per unit of the trait (default: registered)",
+    )
+    parser.add_argument("--methods", default=",".join([*METHODS, *VARIANTS, *RAW, CEILING]))
     parser.add_argument("--config", help="TrainConfig JSON overrides for every method")
     parser.add_argument("--hillstrom", help="Hillstrom CSV; its protocol runs only when given")
     parser.add_argument(
@@ -334,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.seeds, args.n_obs, args.n_test = min(args.seeds, 2), 2000, 2000
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    known = [*METHODS, *VARIANTS, CEILING]
+    known = [*METHODS, *VARIANTS, *RAW, CEILING]
     unknown = [m for m in args.methods if m not in known]
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from {known}")

@@ -102,13 +102,26 @@ class BiLevel:
             self.net.revenue_scale, self.net.cost_scale, cfg.outcome_loss,
         )  # fmt: skip
 
-    def upper(self, theta: Sequence[Tensor], batch: Split, lams: Sequence[float]) -> Tensor:
-        """Decision loss on an RCT batch, mean over budgets' lambda*, in revenue-scale units."""
+    def upper(
+        self, theta: Sequence[Tensor], batch: Split, lams: Sequence[float],
+        gamma: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:  # fmt: skip
+        """Decision loss on an RCT batch, mean over budgets' lambda*, in revenue-scale units.
+
+        gamma: the batch's AIPW pseudo-outcomes (B, K) for revenue and cost (upper_target
+        "aipw"); the PPL loss then scores every arm instead of the logged one.
+        """
         cfg = self.cfg
         rev_hat, cost_hat = self.predict(theta, batch.x)
         args = (rev_hat, cost_hat, batch)
         loss = rev_hat.new_zeros(())
-        if cfg.upper_loss in ("ppl", "pifd"):
+        if gamma is not None:
+            for lam in lams:
+                loss = loss + losses.aipw_ppl_loss(
+                    rev_hat, cost_hat, *gamma, lam, cfg.ppl_tau, cfg.ppl_reward
+                )
+            loss = loss / len(lams)
+        elif cfg.upper_loss in ("ppl", "pifd"):
             for lam in lams:
                 if cfg.upper_loss == "ppl":
                     loss = loss + losses.ppl_loss(*args, lam, cfg.ppl_tau, cfg.ppl_reward)
@@ -146,8 +159,12 @@ class BiLevel:
         self.last_lam = out
         return [out[b] for b in budgets]
 
-    def upper_step(self, idx: Tensor, batch: Split, budgets: Sequence[float]) -> UpperInfo:
-        """One bridge update from OBS rows idx and an RCT batch (Alg 1 upper level)."""
+    def upper_step(
+        self, idx: Tensor, batch: Split, budgets: Sequence[float],
+        gamma: tuple[Tensor, Tensor] | None = None,
+    ) -> UpperInfo:  # fmt: skip
+        """One bridge update from OBS rows idx and an RCT batch (Alg 1 upper level); gamma:
+        the batch's AIPW pseudo-outcomes when the upper target is "aipw"."""
         cfg = self.cfg
         lower = self.lower(idx)
         theta = [p.detach() for p in self.net.parameters()]
@@ -156,16 +173,16 @@ class BiLevel:
         lam = self.lam_star(theta_k, batch, budgets)
         residual = 0.0
         if cfg.meta_grad == "implicit":
-            up = self.upper(theta_k, batch, lam)
+            up = self.upper(theta_k, batch, lam, gamma)
             g = torch.autograd.grad(up, theta_k)
             grads, cg = bilevel.implicit_meta_grad(
                 lower, g, theta_k, phi, cfg.n_cg, cfg.cg_damping, cfg.cg_tol
             )
             residual, applied = cg.relative_residual, cg.iterations > 0
         else:
-            up = self.upper(theta_k, batch, lam).detach()
+            up = self.upper(theta_k, batch, lam, gamma).detach()
             grads = bilevel.unrolled_meta_grad(
-                lower, lambda th: self.upper(th, batch, lam), theta, phi,
+                lower, lambda th: self.upper(th, batch, lam, gamma), theta, phi,
                 cfg.assumed_steps, cfg.assumed_lr,
             )  # fmt: skip
             applied = True
@@ -208,6 +225,19 @@ def _teacher(run: PhaseRun, warm: OutcomeNet, teacher_rows: Split) -> OutcomeNet
     return teacher
 
 
+def aipw_scores(teacher: OutcomeNet, rows: Split) -> tuple[Tensor, Tensor]:
+    """AIPW pseudo-outcomes (N, K) of the upper fold's rows for revenue and cost, with the
+    teacher (which never saw these rows) as the outcome model (methods §5.6)."""
+    with torch.no_grad():
+        mu_r, mu_c = teacher(rows.x)
+    n = torch.arange(len(rows))
+    t = rows.treatment
+    gamma_r, gamma_c = mu_r.clone(), mu_c.clone()
+    gamma_r[n, t] += (rows.revenue - mu_r[n, t]) / rows.propensity
+    gamma_c[n, t] += (rows.cost - mu_c[n, t]) / rows.propensity
+    return gamma_r, gamma_c
+
+
 def train_bidfcl(
     run: PhaseRun, train: Split, obs: Split, budgets: Sequence[float], checkpoints: Checkpoints
 ) -> tuple[OutcomeNet, Candidate]:
@@ -220,10 +250,12 @@ def train_bidfcl(
     """
     cfg = run.cfg
     teacher_rows, rct = _folds(train, cfg)  # rct: the upper level's rows
-    pooled = train.concat(obs)
+    aipw = cfg.upper_target == "aipw"  # then nothing before the upper level sees its rows
+    pooled = (teacher_rows if aipw else train).concat(obs)
     net = run.outcome_net(pooled, 0)
     warm = run.warm_start(net, pooled, False, checkpoints)
     teacher = _teacher(run, net, teacher_rows)
+    gamma = aipw_scores(teacher, rct) if aipw else None
     # lower level: OBS as in the paper, or OBS plus the teacher fold's factual rows (§8.10)
     lower = obs if cfg.lower_data == "obs" else teacher_rows.concat(obs)
     with torch.random.fork_rng():
@@ -242,7 +274,8 @@ def train_bidfcl(
         for idx in run.batches(len(lower)):
             if step % cfg.upper_every == 0:
                 rows = torch.randperm(len(rct), generator=run.gen)[: cfg.rct_upper_batch]
-                infos.append(bi.upper_step(idx, rct.subset(rows), budgets))
+                batch_gamma = None if gamma is None else (gamma[0][rows], gamma[1][rows])
+                infos.append(bi.upper_step(idx, rct.subset(rows), budgets, batch_gamma))
             loss = bi.lower_step_loss(idx)
             opt.zero_grad()
             loss.backward()

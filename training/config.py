@@ -10,7 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-Method = Literal["tsm-rct", "tsm-obs", "tsm-pooled", "dfcl-pl", "dfcl-mer", "dfcl-ifd", "bi-dfcl"]
+Method = Literal[
+    "tsm-rct", "tsm-obs", "tsm-pooled", "tsm-ipw", "tsm-dr", "dfcl-pl", "dfcl-mer", "dfcl-ifd",
+    "bi-dfcl",
+]  # fmt: skip
 UpperLoss = Literal["ppl", "pifd", "dpl", "difd"]
 MetaGrad = Literal["implicit", "unrolled"]
 Reward = Literal["revenue", "dual"]
@@ -18,9 +21,11 @@ OutcomeLossChoice = Literal["auto", "mse", "poisson"]
 IfdSurrogate = Literal["softmax", "linear"]
 TeacherInit = Literal["pooled", "scratch"]
 LowerData = Literal["pooled", "obs"]
+Estimator = Literal["dr", "ht"]
+UpperTarget = Literal["ipw", "aipw"]
 
 METHODS: tuple[str, ...] = get_args(Method)
-TWO_STAGE: tuple[str, ...] = ("tsm-rct", "tsm-obs", "tsm-pooled")
+TWO_STAGE: tuple[str, ...] = ("tsm-rct", "tsm-obs", "tsm-pooled", "tsm-ipw", "tsm-dr")
 DFCL: tuple[str, ...] = ("dfcl-pl", "dfcl-mer", "dfcl-ifd")
 
 
@@ -59,6 +64,10 @@ class TrainConfig:
     val_fraction: float = 0.25
     n_budgets: int = 10  # validation grid size (methods §8.7)
     select_z: float = 2.0  # a candidate replaces the default model only if gain > z * SE
+    # validation estimator of those gains: "dr" = doubly robust (AIPW) with the default model's
+    # predictions as the outcome baseline (it never saw the validation rows); "ht" = the
+    # Horvitz-Thompson EOM of the papers
+    val_estimator: Estimator = "dr"
     train_budget: float | None = None  # per-capita budget for PPL/PIFD; None -> quantiles below
     train_budget_quantiles: tuple[float, ...] = (0.25, 0.5, 0.75)  # of RCT spend (§8.7)
     # DFCL (methods §4): L = L_DL + alpha * L_PL on RCT after a warm start of prediction_epochs
@@ -76,6 +85,10 @@ class TrainConfig:
     ifd_surrogate: IfdSurrogate = "softmax"
     # Bi-DFCL (methods §5)
     upper_loss: UpperLoss = "ppl"
+    # the RCT reward of the PPL upper loss: "ipw" = the logged arm's outcome / propensity (the
+    # paper); "aipw" = AIPW pseudo-outcomes of every arm from the teacher, which then never
+    # sees the upper fold (the warm start leaves it out too), so the scores are cross-fitted
+    upper_target: UpperTarget = "ipw"
     ppl_reward: Reward = "revenue"  # methods §8.3: "dual" uses r - lambda* c
     ppl_tau: float = 1.0
     pifd_h: float = 0.3
@@ -106,6 +119,18 @@ class TrainConfig:
         checks: list[tuple[bool, str]] = [
             (self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}"),
             (self.upper_loss in get_args(UpperLoss), f"upper_loss: bad value {self.upper_loss!r}"),
+            (
+                self.val_estimator in get_args(Estimator),
+                f"val_estimator must be one of {get_args(Estimator)}, got {self.val_estimator!r}",
+            ),
+            (
+                self.upper_target in get_args(UpperTarget),
+                f"upper_target must be one of {get_args(UpperTarget)}, got {self.upper_target!r}",
+            ),
+            (
+                self.upper_target == "ipw" or (self.upper_loss == "ppl" and self.upper_fold > 0),
+                "upper_target 'aipw' needs upper_loss 'ppl' and upper_fold > 0 (cross-fitting)",
+            ),
             (self.meta_grad in get_args(MetaGrad), f"meta_grad: bad value {self.meta_grad!r}"),
             (self.ppl_reward in get_args(Reward), f"ppl_reward: bad value {self.ppl_reward!r}"),
             (

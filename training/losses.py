@@ -80,6 +80,34 @@ def prediction_loss(
     return (err if weight is None else weight * err).mean()
 
 
+def all_arms_loss(
+    rev_hat: Tensor, cost_hat: Tensor, rev_target: Tensor, cost_target: Tensor,
+    revenue_scale: float | Tensor = 1.0, cost_scale: float | Tensor = 1.0,
+) -> Tensor:  # fmt: skip
+    """Squared error against labels for every arm (B, K): the DR-learner's second stage.
+
+    Its pseudo-outcomes can be negative, so the Poisson deviance does not apply.
+    """
+    err = outcome_error(rev_hat, rev_target, revenue_scale, "mse")
+    err = err + outcome_error(cost_hat, cost_target, cost_scale, "mse")
+    return err.sum(dim=1).mean()
+
+
+def aipw_ppl_loss(
+    rev_hat: Tensor, cost_hat: Tensor, gamma_rev: Tensor, gamma_cost: Tensor, lam: float,
+    tau: float, reward: str = "revenue",
+) -> Tensor:  # fmt: skip
+    """PPL with AIPW pseudo-outcomes (B, K) of every arm instead of the logged arm's IPW term.
+
+    -mean_i sum_t softmax(a_i / tau)_t * Gamma_it: the softened policy's doubly robust value.
+    Every arm of every row carries signal, not only the logged one (Athey & Wager 2021).
+    """
+    score = rev_hat - lam * cost_hat
+    z = torch.softmax(score / (tau * _score_scale(score)), dim=1)
+    gain = gamma_rev if reward == "revenue" else gamma_rev - lam * gamma_cost
+    return -(z * gain).sum(dim=1).mean()
+
+
 def lower_level_loss(
     rev_hat: Tensor,
     cost_hat: Tensor,

@@ -24,7 +24,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from app.core.features import FeatureSpec
-from training import losses
+from training import baselines, losses
 from training.bidfcl import train_bidfcl
 from training.config import DFCL, TWO_STAGE, TrainConfig
 from training.data import Table, encode_table
@@ -44,6 +44,7 @@ class TrainResult:
     config: TrainConfig  # as trained: outcome_loss resolved
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    raw: TrainResult | None = None  # train(also_raw=True): the keep_warm_start=False selection
 
 
 def _split(table: Table, x: np.ndarray, rows: np.ndarray | None = None) -> Split:
@@ -113,8 +114,10 @@ class Trainer:
         if cfg.outcome_loss not in ("mse", "poisson"):
             raise ValueError(f"outcome_loss {cfg.outcome_loss!r}: resolve it (train() does)")
 
-    def batches(self, n: int) -> Iterator[Tensor]:
-        return _batches(n, self.cfg.batch_size, self.cfg.steps_per_epoch, self.gen)
+    def batches(self, n: int, steps: int | None = None) -> Iterator[Tensor]:
+        """Batches of one epoch: cfg.steps_per_epoch of them unless `steps` says (0: a pass)."""
+        steps = self.cfg.steps_per_epoch if steps is None else steps
+        return _batches(n, self.cfg.batch_size, steps, self.gen)
 
     def outcome_net(self, data: Split, seed_offset: int) -> OutcomeNet:
         net = _new_net(OutcomeNet, self.cfg, data.x.shape[1], self.k, self.cfg.seed + seed_offset)
@@ -156,8 +159,9 @@ class Trainer:
         return candidate
 
     def two_stage(
-        self, net: OutcomeNet, data: Split, weighted: bool, phase: str, checkpoints: Checkpoints
-    ) -> Candidate:
+        self, net: OutcomeNet, data: Split, weighted: bool | Tensor, phase: str,
+        checkpoints: Checkpoints,
+    ) -> Candidate:  # fmt: skip
         """The two-stage recipe: prediction_epochs of prediction loss, every epoch a candidate;
         returns the weight average, which is the default of the selection that follows."""
         epochs = self.cfg.prediction_epochs
@@ -175,7 +179,9 @@ class Trainer:
         """
         recipe = Checkpoints()
         average = self.two_stage(net, data, weighted, "warm-start", recipe)
-        warm, _ = recipe.choose(self.val, self.cfg.select_z, average)
+        warm, _ = recipe.choose(
+            self.val, self.cfg.select_z, average, self.cfg.val_estimator, self.val_budgets
+        )
         net.load_state_dict(warm.state)
         checkpoints.candidates.append(warm)
         return warm
@@ -207,28 +213,43 @@ class Trainer:
         self, net: OutcomeNet, checkpoints: Checkpoints, default: Candidate
     ) -> dict[str, Any]:
         """Load the selected weights (training/selection.py) into net; returns what was chosen."""
-        return checkpoints.select(net, self.val, self.cfg.select_z, default)
+        return checkpoints.select(
+            net, self.val, self.cfg.select_z, default, self.cfg.val_estimator, self.val_budgets
+        )
 
     def prediction_epochs(
-        self, net: OutcomeNet, data: Split, epochs: int, weighted: bool, phase: str,
-        checkpoints: Checkpoints | None = None,
+        self, net: OutcomeNet, data: Split, epochs: int, weighted: bool | Tensor, phase: str,
+        checkpoints: Checkpoints | None = None, *, targets: tuple[Tensor, Tensor] | None = None,
+        steps: int | None = None,
     ) -> None:  # fmt: skip
-        """Factual prediction loss; weighted=True is the arm-balanced RCT loss (methods §2).
+        """Factual prediction loss; weighted=True is the arm-balanced RCT loss (methods §2), a
+        tensor (N,) gives every row its own weight (inverse propensity weighting).
 
-        With checkpoints, every epoch is a candidate and the final ones are averaged.
+        targets: (N, K) revenue and cost labels for EVERY arm (DR-learner pseudo-outcomes),
+        fit by squared error instead of the factual loss. steps: batches per epoch (see
+        `batches`). With checkpoints, every epoch is a candidate and the final ones are averaged.
         """
         opt = self.optimizer(net, self.cfg.lr)
-        weight = losses.frequency_weights(data.treatment, self.k) if weighted else None
+        if isinstance(weighted, Tensor):
+            weight: Tensor | None = weighted
+        else:
+            weight = losses.frequency_weights(data.treatment, self.k) if weighted else None
         bar = tqdm(range(epochs), desc=phase, disable=not self.progress)
         for epoch in bar:
             total, count = 0.0, 0
-            for idx in self.batches(len(data)):
+            for idx in self.batches(len(data), steps):
                 rev_hat, cost_hat = net(data.x[idx])
-                loss = losses.prediction_loss(
-                    rev_hat, cost_hat, data.treatment[idx], data.revenue[idx], data.cost[idx],
-                    None if weight is None else weight[idx], net.revenue_scale, net.cost_scale,
-                    self.cfg.outcome_loss,
-                )  # fmt: skip
+                if targets is not None:
+                    loss = losses.all_arms_loss(
+                        rev_hat, cost_hat, targets[0][idx], targets[1][idx],
+                        net.revenue_scale, net.cost_scale,
+                    )  # fmt: skip
+                else:
+                    loss = losses.prediction_loss(
+                        rev_hat, cost_hat, data.treatment[idx], data.revenue[idx],
+                        data.cost[idx], None if weight is None else weight[idx],
+                        net.revenue_scale, net.cost_scale, self.cfg.outcome_loss,
+                    )  # fmt: skip
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -338,10 +359,15 @@ def resolve_outcome_loss(cfg: TrainConfig, tables: Sequence[Table]) -> TrainConf
     return cfg.replace(outcome_loss="poisson")
 
 
-def train(cfg: TrainConfig, rct: Table, obs: Table | None, *, progress: bool = True) -> TrainResult:
+def train(
+    cfg: TrainConfig, rct: Table, obs: Table | None, *, progress: bool = True,
+    also_raw: bool = False,
+) -> TrainResult:  # fmt: skip
     """Train `cfg.method` and return the validation-selected target network.
 
     progress: show tqdm bars (off for jobs and tests, whose logs they would flood).
+    also_raw: DFCL / Bi-DFCL also select with the decision-focused phase as the default
+    (keep_warm_start off) from the same run, returned as `result.raw` (benchmarks' "-raw" rows).
     """
     started = time.perf_counter()
     cfg = resolve_outcome_loss(cfg, [rct] + ([obs] if obs is not None else []))
@@ -349,7 +375,13 @@ def train(cfg: TrainConfig, rct: Table, obs: Table | None, *, progress: bool = T
     run = Trainer(cfg, tr, val, obs_split, progress=progress)
     method = cfg.method
     checkpoints = Checkpoints()
-    if method in TWO_STAGE:
+    raw_default: Candidate | None = None
+    if method in ("tsm-ipw", "tsm-dr"):
+        assert obs_split is not None  # prepare() refuses them without OBS
+        pooled = tr.concat(obs_split)
+        fit = baselines.train_ipw if method == "tsm-ipw" else baselines.train_dr_learner
+        net, default = fit(run, pooled, checkpoints)
+    elif method in TWO_STAGE:
         data = {"tsm-rct": tr, "tsm-obs": obs_split, "tsm-pooled": None}[method]
         data = data if data is not None else tr.concat(obs_split)  # type: ignore[arg-type]
         net = run.outcome_net(data, 0)
@@ -364,6 +396,11 @@ def train(cfg: TrainConfig, rct: Table, obs: Table | None, *, progress: bool = T
             net, warm = train_bidfcl(run, tr, obs_split, run.budgets, checkpoints)
         final = run.close_phase(net, checkpoints, method)
         default = warm if cfg.keep_warm_start else final
+        raw_default = final
+    raw_net = None
+    if also_raw and raw_default is not None:  # the decision-focused phase judged on its own
+        raw_net = copy.deepcopy(net)
+        raw_selection = run.select(raw_net, checkpoints, raw_default)
     selection = run.select(net, checkpoints, default)
     card = {
         "method": method,
@@ -379,4 +416,9 @@ def train(cfg: TrainConfig, rct: Table, obs: Table | None, *, progress: bool = T
         "config": cfg.to_json(),
     }
     seconds = time.perf_counter() - started
-    return TrainResult(net, spec, card, val.x.numpy(), cfg, run.history, seconds)
+    raw = None
+    if raw_net is not None:
+        raw_card = dict(card)
+        raw_card["validation"] = {**card["validation"], **raw_selection}  # type: ignore[dict-item]
+        raw = TrainResult(raw_net, spec, raw_card, val.x.numpy(), cfg, run.history, seconds)
+    return TrainResult(net, spec, card, val.x.numpy(), cfg, run.history, seconds, raw)

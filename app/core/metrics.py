@@ -5,6 +5,19 @@ by inverse propensity weighting -- only customers whose logged treatment equals 
 choice count, each weighted 1/p(logged treatment). Horvitz-Thompson (the paper metric) and Hajek
 (self-normalised, diagnostic) forms, each with a standard error so comparisons can carry a CI.
 
+Doubly robust (AIPW) form (Dudik, Langford & Li 2011): give `Logged` a `Baseline` -- an outcome
+model's predictions mu(x_i, t) for every row and arm, fit WITHOUT these rows -- and every
+estimate below uses the per-row, per-arm scores
+
+    Gamma_it = mu(x_i, t) + 1[T_i = t] / p_i * (y_i - mu(x_i, T_i))
+
+instead of the HT terms 1[T_i = t] / p_i * y_i. Both are unbiased on randomized rows; the AIPW
+score only carries the part of the outcome the baseline does not explain, so its variance (and
+every standard error, paired gains included) shrinks by about the share of outcome variance
+the baseline explains (`explained_share`). A baseline fit on the same rows would not be
+independent of their noise and would bias the estimate: cross-fit it, or use a model that
+never saw them (the champion, on rows logged after it was trained).
+
 Models are compared at equal *realized* spend ("mode E", §1): for each per-capita
 budget the multiplier lam is bisected until the EOM-estimated cost of pi_lam meets the budget, so
 a model that under-predicts cost cannot win by overspending.
@@ -36,30 +49,105 @@ class PolicyValue:
 
 
 @dataclass(frozen=True)
+class Baseline:
+    """An outcome model's predictions for the logged rows: (N, K) revenue and cost per arm.
+
+    The `mu` of the doubly robust estimates; it must not have been fit on these rows.
+    """
+
+    revenue: FloatArray
+    cost: FloatArray
+
+
+@dataclass(frozen=True)
 class Logged:
     """Logged randomized data, (N,) each: what every EOM estimate reads, validated once.
 
     Build it with `Logged.of(treatment, revenue, cost, propensity)` (any array-likes); direct
-    construction runs the same checks, so a `Logged` in hand is always well-formed.
+    construction runs the same checks, so a `Logged` in hand is always well-formed. With a
+    `baseline` (see `with_baseline`) every estimate is doubly robust (module docstring).
     """
 
     treatment: IntArray  # int64 logged arm
     revenue: FloatArray  # float64 factual revenue, finite
     cost: FloatArray  # float64 factual cost, finite
     propensity: FloatArray  # float64 probability of the logged arm, in (0, 1]
+    baseline: Baseline | None = None
 
     def __post_init__(self) -> None:
         t, r, c, p = _validated(self.treatment, self.revenue, self.cost, self.propensity)
         for name, value in (("treatment", t), ("revenue", r), ("cost", c), ("propensity", p)):
             object.__setattr__(self, name, value)
+        if self.baseline is not None:
+            object.__setattr__(self, "baseline", _validated_baseline(self.baseline, t))
 
     @classmethod
     def of(cls, treatment: object, revenue: object, cost: object, propensity: object) -> Logged:
         """Validate and convert four (N,) array-likes (errors name the field and the row)."""
         return cls(treatment, revenue, cost, propensity)  # type: ignore[arg-type]
 
+    def with_baseline(self, revenue: object, cost: object) -> Logged:
+        """The same rows with an outcome model's (N, K) predictions: doubly robust estimates."""
+        base = Baseline(np.asarray(revenue, np.float64), np.asarray(cost, np.float64))
+        return Logged(self.treatment, self.revenue, self.cost, self.propensity, base)
+
+    def without_baseline(self) -> Logged:
+        """The same rows with plain HT estimates."""
+        return Logged(self.treatment, self.revenue, self.cost, self.propensity)
+
+    @property
+    def estimator(self) -> str:
+        """ "dr" with a baseline, else "ht" (what `revenue`/`cost` of every estimate are)."""
+        return "ht" if self.baseline is None else "dr"
+
+    def scores(self) -> tuple[FloatArray, FloatArray]:
+        """Per-row, per-arm terms (N, K) for revenue and cost whose row mean under a policy is
+        its per-capita estimate: AIPW scores with a baseline, HT terms without."""
+        rows = np.arange(len(self.treatment))
+        inv_p = 1.0 / self.propensity
+        if self.baseline is None:
+            k = int(self.treatment.max()) + 1
+            mus: tuple[FloatArray, FloatArray] = (np.zeros((len(rows), k)),) * 2
+        else:
+            mus = (self.baseline.revenue, self.baseline.cost)
+        out = []
+        for y, mu in zip((self.revenue, self.cost), mus, strict=True):
+            terms = mu.copy()  # AIPW: mu(x, t) + 1[T = t] / p * (y - mu(x, T))
+            terms[rows, self.treatment] += inv_p * (y - mu[rows, self.treatment])
+            out.append(terms)
+        return out[0], out[1]
+
     def __len__(self) -> int:
         return len(self.treatment)
+
+
+def _validated_baseline(base: Baseline, treatment: IntArray) -> Baseline:
+    """Baseline arrays as float64 (N, K), finite, with a column for every logged arm."""
+    rev = np.asarray(base.revenue, dtype=np.float64)
+    cost = np.asarray(base.cost, dtype=np.float64)
+    n = len(treatment)
+    if rev.ndim != 2 or rev.shape != cost.shape or rev.shape[0] != n:
+        raise ValueError(
+            f"baseline revenue {rev.shape} and cost {cost.shape} must both be (N={n}, K)"
+        )
+    if treatment.max() >= rev.shape[1]:
+        raise ValueError(f"treatment {treatment.max()} has no baseline column (K={rev.shape[1]})")
+    if not (np.all(np.isfinite(rev)) and np.all(np.isfinite(cost))):
+        raise ValueError("baseline predictions contain NaN or inf")
+    return Baseline(rev, cost)
+
+
+def explained_share(logged: Logged) -> tuple[float, float]:
+    """Share of the factual revenue and cost variance the baseline explains on these rows:
+    1 - Var(y - mu(x, T)) / Var(y). The doubly robust SE cut is about this large."""
+    if logged.baseline is None:
+        raise ValueError("explained_share needs a Logged with a baseline")
+    rows = np.arange(len(logged))
+    out = []
+    for y, mu in ((logged.revenue, logged.baseline.revenue), (logged.cost, logged.baseline.cost)):
+        var = float(np.var(y))
+        out.append(1.0 - float(np.var(y - mu[rows, logged.treatment])) / var if var > 0 else 0.0)
+    return out[0], out[1]
 
 
 def _validated(
@@ -106,8 +194,16 @@ def _ht_and_se(y: FloatArray) -> tuple[float, float]:
 def _eom(logged: Logged, policy: IntArray) -> PolicyValue:
     r, c = logged.revenue, logged.cost
     w = (logged.treatment == policy) / logged.propensity  # (N,) HT weight, 0 off the matched set
-    rev, rev_se = _ht_and_se(w * r)
-    cst, cst_se = _ht_and_se(w * c)
+    if logged.baseline is None:
+        rev, rev_se = _ht_and_se(w * r)
+        cst, cst_se = _ht_and_se(w * c)
+    else:  # AIPW: the baseline of the chosen arm plus the weighted residual of the logged one
+        rows = np.arange(len(policy))
+        base = logged.baseline
+        residual_r = r - base.revenue[rows, logged.treatment]
+        residual_c = c - base.cost[rows, logged.treatment]
+        rev, rev_se = _ht_and_se(base.revenue[rows, policy] + w * residual_r)
+        cst, cst_se = _ht_and_se(base.cost[rows, policy] + w * residual_c)
     total_w = float(w.sum())
     rev_h = float((w * r).sum() / total_w) if total_w > 0 else float("nan")
     cst_h = float((w * c).sum() / total_w) if total_w > 0 else float("nan")
@@ -151,6 +247,13 @@ def paired_gain(policies: object, anchor: object, logged: Logged) -> PairedGain:
             f"policies {pol.shape} and anchor {anc.shape} must both be (N,) or (B, N) with "
             f"N = {len(t)} rows like treatment"
         )
+    if logged.baseline is not None:  # AIPW scores of both policies, row by row
+        gamma_r, gamma_c = logged.scores()
+        pol2, anc2 = np.atleast_2d(pol), np.atleast_2d(anc)
+        rows = np.arange(len(t))[None, :]
+        d_r = (gamma_r[rows, pol2] - gamma_r[rows, anc2]).mean(axis=0)
+        d_c = (gamma_c[rows, pol2] - gamma_c[rows, anc2]).mean(axis=0)
+        return PairedGain(*_ht_and_se(d_r), *_ht_and_se(d_c))
     matched = np.atleast_2d(pol == t).astype(np.float64) - np.atleast_2d(anc == t)  # (B, N)
     w = matched.mean(axis=0) / logged.propensity  # (N,) difference of HT weights, grid mean
     d_rev, d_rev_se = _ht_and_se(w * logged.revenue)
@@ -202,10 +305,14 @@ class _RealizedCost:
     def __init__(self, rp: FloatArray, cp: FloatArray, logged: Logged):
         self.choose = dual_chooser(rp, cp)
         self.t, self.weight = logged.treatment, logged.cost / logged.propensity
+        self.gamma = None if logged.baseline is None else logged.scores()[1]  # (N, K) AIPW cost
+        self.rows = np.arange(len(logged))
         self.max_ratio = _max_ratio(rp, cp)
         self.cost_scale = float(np.mean(np.abs(logged.cost)))
 
     def __call__(self, lam: float) -> float:
+        if self.gamma is not None:
+            return float(np.mean(self.gamma[self.rows, self.choose(lam)]))
         return float(np.mean((self.t == self.choose(lam)) * self.weight))
 
 
