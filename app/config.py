@@ -89,6 +89,12 @@ class Settings(BaseSettings):
         description="Challenger's mean EOM revenue over the budgets must beat the champion's by "
         "this many paired standard errors (as well as the area margin).",
     )
+    retrain_estimator: Literal["dr", "ht"] = Field(
+        default="dr",
+        description="Estimator of the comparison: 'dr' = doubly robust, with the champion's "
+        "predictions as the outcome baseline (it was trained before the held-out rows were "
+        "logged and never on them); 'ht' = Horvitz-Thompson EOM.",
+    )
     retrain_budgets: list[float] | None = Field(
         default=None,
         description="Per-capita budgets of the comparison; empty: 10 points between the "

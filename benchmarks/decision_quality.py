@@ -315,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument(
+        "--first-seed", type=int, default=0, help="run seeds first..first+seeds-1 (split runs)"
+    )
+    parser.add_argument(
         "--ratios", default="10,50", help="OBS:RCT ratios, comma separated ('' = none)"
     )
     parser.add_argument("--n-obs", type=int, default=50_000)
@@ -352,12 +355,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (tiny nets: 1)")
     parser.add_argument("--out", default=str(RESULTS), help="directory for JSON + PNG")
     parser.add_argument("--tag", default="", help="suffix of the result file names")
-    parser.add_argument("--summarize", help="re-print the table of a saved result JSON and exit")
+    parser.add_argument(
+        "--summarize",
+        help="re-print the table of saved result JSONs (comma separated: their records are "
+        "pooled, e.g. seeds run in separate processes) and exit",
+    )
     args = parser.parse_args(argv)
     if args.summarize:
-        saved = json.loads(Path(args.summarize).read_text())
-        print(f"command: {saved['command']}")
-        print_table(summarize(saved["records"]))
+        pooled: list[dict[str, Any]] = []
+        for path in args.summarize.split(","):
+            saved = json.loads(Path(path).read_text())
+            print(f"command: {saved['command']}")
+            pooled += saved["records"]
+        print_table(summarize(pooled))
         print_footnote()
         return 0
     if args.quick:
@@ -374,10 +384,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     records: list[dict[str, Any]] = []
     for ratio in (int(r) for r in args.ratios.split(",") if r.strip()):  # "" = Hillstrom only
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             records += simulator_records(args, ratio, seed)
     if args.hillstrom:
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             records += hillstrom_records(args, seed)
     rows = summarize(records)
     print_table(rows)

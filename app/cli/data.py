@@ -31,14 +31,23 @@ def simulate(
         float, typer.Option("--bias", min=0.0, help="Confounding of the OBS policy.")
     ] = 1.0,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    regime: Annotated[
+        str,
+        typer.Option(
+            "--regime",
+            help="'default', or 'deal-seekers': a hidden trait drives both the discount "
+            "response and the OBS targeting (confounding that reorders customers).",
+        ),
+    ] = "default",
 ) -> None:
     """Write a simulated discount campaign with known ground truth (see training/data/simulator)."""
     from training.data.simulator import simulate as run_simulation
 
     try:
         sim = run_simulation(
-            n_obs=n_obs, n_rct=n_rct, n_test=n_test, n_treatments=treatments, bias=bias, seed=seed
-        )
+            n_obs=n_obs, n_rct=n_rct, n_test=n_test, n_treatments=treatments, bias=bias,
+            seed=seed, regime=regime,
+        )  # fmt: skip
         sim.write(out)
     except (ValueError, OSError) as exc:
         fail(str(exc))

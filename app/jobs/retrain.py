@@ -192,7 +192,8 @@ def compare(
     Activate when forced, or with at least DFCL_RETRAIN_MIN_HOLDOUT rows when the challenger's
     EOM area beats the champion's by more than the margin AND its mean EOM revenue over the grid
     is higher by at least DFCL_RETRAIN_MIN_Z paired standard errors (so noise alone rarely
-    replaces a model).
+    replaces a model). DFCL_RETRAIN_ESTIMATOR "dr" (default) makes every estimate doubly
+    robust with the champion as the outcome baseline; "ht" is the plain EOM.
     """
     margin, force = float(params["margin"]), bool(params.get("force"))
     n_rows = len(pd.read_parquet(holdout_path)) if holdout_path.is_file() else 0
@@ -204,6 +205,11 @@ def compare(
     holdout = pd.read_parquet(holdout_path)
     budgets = settings.retrain_budgets
     logged = _logged(holdout)  # validated once, shared by both curves and the paired gain
+    result["estimator"] = settings.retrain_estimator
+    if settings.retrain_estimator == "dr":  # the champion never saw these rows: a fair baseline
+        logged = logged.with_baseline(*champion.predict_columns(holdout))
+        share = metrics.explained_share(logged)
+        result["explained_share"] = {"revenue": share[0], "cost": share[1]}
     old = curve_of(champion, holdout, logged, budgets)
     new = curve_of(challenger, holdout, logged, budgets)
     for role, model, c in (("champion", champion, old), ("challenger", challenger, new)):
