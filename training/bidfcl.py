@@ -35,6 +35,9 @@ class UpperInfo:
     upper_loss: float
     cg_residual: float
     applied: bool
+    # cosine between this step's meta-gradient of the bridge and the previous step's (their RCT
+    # batches differ): near 0 means the upper-level signal is mostly batch noise
+    grad_cosine: float = float("nan")
 
 
 class BiLevel:
@@ -52,6 +55,8 @@ class BiLevel:
         self.dual_lambdas = list(dual_lambdas)
         self.bridge_opt = torch.optim.Adam(bridge.parameters(), lr=cfg.bridge_lr)
         self.last_lam: dict[float, float] = {}  # budget -> lambda* of the previous upper step
+        self.gate_sums, self.gate_count = torch.zeros(2), 0  # diagnostics: mean gates
+        self.last_grad: Tensor | None = None  # previous meta-gradient, flattened
 
     def predict(self, theta: Sequence[Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
         """Target outputs with the given parameters (B, K) each."""
@@ -80,8 +85,16 @@ class BiLevel:
         rev_hat, cost_hat = self.net(x)
         with torch.no_grad():
             gates = self.bridge(x)
+            self.gate_sums += torch.stack([gates[0].mean(), gates[1].mean()])
+            self.gate_count += 1
         snapshot = (rev_hat.detach(), cost_hat.detach())
         return self._loss(idx, (rev_hat, cost_hat), snapshot, gates)
+
+    def gate_means(self) -> tuple[float, float]:
+        """Mean teacher share (revenue, cost) of the pseudo-labels since the last call."""
+        means = (self.gate_sums / max(self.gate_count, 1)).tolist()
+        self.gate_sums, self.gate_count = torch.zeros(2), 0
+        return float(means[0]), float(means[1])
 
     def _loss(self, idx: Tensor, pred: tuple[Tensor, Tensor], snapshot: tuple[Tensor, Tensor],
               gates: tuple[Tensor, Tensor]) -> Tensor:  # fmt: skip
@@ -188,12 +201,17 @@ class BiLevel:
             applied = True
         # skip when CG met negative curvature at once (indefinite H) or values are not finite
         applied = applied and all(bool(torch.isfinite(g_).all()) for g_ in grads)
+        cosine = float("nan")
         if applied:
+            flat = torch.cat([g_.detach().flatten() for g_ in grads])
+            if self.last_grad is not None:
+                cosine = float(torch.nn.functional.cosine_similarity(flat, self.last_grad, dim=0))
+            self.last_grad = flat
             self.bridge_opt.zero_grad()
             for p, g_ in zip(phi, grads, strict=True):
                 p.grad = g_.detach()
             self.bridge_opt.step()
-        return UpperInfo(up.item(), residual, applied)
+        return UpperInfo(up.item(), residual, applied, cosine)
 
 
 def _folds(rct: Split, cfg: TrainConfig) -> tuple[Split, Split]:
@@ -287,7 +305,11 @@ def train_bidfcl(
             "upper_loss": float(np.mean([i.upper_loss for i in infos])) if infos else np.nan,
             "cg_residual": float(np.mean([i.cg_residual for i in infos])) if infos else np.nan,
             "upper_skipped": float(sum(not i.applied for i in infos)),
+            "grad_cosine": float(np.nanmean([i.grad_cosine for i in infos]))
+            if any(np.isfinite(i.grad_cosine) for i in infos)
+            else np.nan,
         }
+        logs["gate_revenue"], logs["gate_cost"] = bi.gate_means()
         val = run.epoch_end(net, "bi-dfcl", logs, checkpoints, epoch, cfg.epochs)
         bar.set_postfix(low=f"{logs['lower_loss']:.3f}", up=f"{logs['upper_loss']:.4f}",
                         val_rev=f"{val:.4f}")  # fmt: skip
