@@ -46,6 +46,7 @@ BUDGET_NAMES = ("low", "mid", "high")
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "bi-dfcl-pifd": ("bi-dfcl", {"upper_loss": "pifd"}),
     "bi-dfcl-aipw": ("bi-dfcl", {"upper_target": "aipw"}),
+    "bi-dfcl-ipw": ("bi-dfcl", {"obs_weighting": "ipw"}),
 }
 RAW = {f"{m}-raw": m for m in (*DFCL, "bi-dfcl", *VARIANTS)}
 CEILING = "pooled-unconfounded"  # diagnostic, simulator only (see the module docstring)

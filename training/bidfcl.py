@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.func import functional_call
 from tqdm import tqdm
 
-from training import bilevel, losses
+from training import baselines, bilevel, losses
 from training.config import TrainConfig
 from training.nets import BridgeNet, OutcomeNet
 from training.phases import PhaseRun
@@ -48,6 +48,7 @@ class BiLevel:
         obs: Split, dual_lambdas: Sequence[float] = (),
     ) -> None:  # fmt: skip
         self.cfg, self.net, self.bridge, self.obs = cfg, net, bridge, obs
+        self.row_weight: Tensor | None = None  # (N_obs,) IPW weights with obs_weighting "ipw"
         with torch.no_grad():
             self.teacher_rev, self.teacher_cost = teacher(obs.x)  # (N_obs, K), fixed
         self.theta_names = [n for n, _ in net.named_parameters()]
@@ -110,9 +111,10 @@ class BiLevel:
         rev_cf = w_rev * self.teacher_rev[idx] + (1 - w_rev) * snap_rev
         cost_cf = w_cost * self.teacher_cost[idx] + (1 - w_cost) * snap_cost
         logged_arm = None if cfg.bridge_factual else t  # None: every label is the mix
+        weight = None if self.row_weight is None else self.row_weight[idx]
         return losses.lower_level_loss(
             *pred, logged_arm, r, c, rev_cf, cost_cf,
-            self.net.revenue_scale, self.net.cost_scale, cfg.outcome_loss,
+            self.net.revenue_scale, self.net.cost_scale, cfg.outcome_loss, weight,
         )  # fmt: skip
 
     def upper(
@@ -271,7 +273,10 @@ def train_bidfcl(
     aipw = cfg.upper_target == "aipw"  # then nothing before the upper level sees its rows
     pooled = (teacher_rows if aipw else train).concat(obs)
     net = run.outcome_net(pooled, 0)
-    warm = run.warm_start(net, pooled, False, checkpoints)
+    ipw = cfg.obs_weighting == "ipw"
+    k = net.n_treatments
+    warm_weight = baselines.ipw_weights(pooled, k, cfg.seed) if ipw else False
+    warm = run.warm_start(net, pooled, warm_weight, checkpoints)
     teacher = _teacher(run, net, teacher_rows)
     gamma = aipw_scores(teacher, rct) if aipw else None
     # lower level: OBS as in the paper, or OBS plus the teacher fold's factual rows (§8.10)
@@ -283,6 +288,8 @@ def train_bidfcl(
     bridge.set_gate(cfg.gate_init)  # initial teacher share of every pseudo-label
     dual = run.dual_lambdas(net) if cfg.upper_loss in ("dpl", "difd") else []
     bi = BiLevel(cfg, net, bridge, teacher, lower, dual)
+    if ipw:
+        bi.row_weight = baselines.ipw_weights(lower, k, cfg.seed)
     opt = run.optimizer(net, cfg.lr)
     bar = tqdm(range(cfg.epochs), desc="bi-dfcl", disable=not run.progress)
     step = 0

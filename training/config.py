@@ -23,6 +23,7 @@ TeacherInit = Literal["pooled", "scratch"]
 LowerData = Literal["pooled", "obs"]
 Estimator = Literal["dr", "ht"]
 UpperTarget = Literal["ipw", "aipw"]
+ObsWeighting = Literal["none", "ipw"]
 
 METHODS: tuple[str, ...] = get_args(Method)
 TWO_STAGE: tuple[str, ...] = ("tsm-rct", "tsm-obs", "tsm-pooled", "tsm-ipw", "tsm-dr")
@@ -89,6 +90,11 @@ class TrainConfig:
     # paper); "aipw" = AIPW pseudo-outcomes of every arm from the teacher, which then never
     # sees the upper fold (the warm start leaves it out too), so the scores are cross-fitted
     upper_target: UpperTarget = "ipw"
+    # OBS rows in Bi-DFCL's warm start and lower level: "none" (the paper) or "ipw", weighted
+    # like tsm-ipw (training/baselines.py: logged propensity, else estimated), so the warm start
+    # is exactly the tsm-ipw model and the lower level's factual labels are de-confounded as far
+    # as the propensities allow
+    obs_weighting: ObsWeighting = "none"
     ppl_reward: Reward = "revenue"  # methods §8.3: "dual" uses r - lambda* c
     ppl_tau: float = 1.0
     pifd_h: float = 0.3
@@ -122,6 +128,11 @@ class TrainConfig:
             (
                 self.val_estimator in get_args(Estimator),
                 f"val_estimator must be one of {get_args(Estimator)}, got {self.val_estimator!r}",
+            ),
+            (
+                self.obs_weighting in get_args(ObsWeighting),
+                f"obs_weighting must be one of {get_args(ObsWeighting)}, "
+                f"got {self.obs_weighting!r}",
             ),
             (
                 self.upper_target in get_args(UpperTarget),

@@ -119,10 +119,12 @@ def lower_level_loss(
     revenue_scale: float | Tensor = 1.0,
     cost_scale: float | Tensor = 1.0,
     kind: str = "mse",
+    weight: Tensor | None = None,
 ) -> Tensor:
     """Bi-DFCL L_low (§5.2): factual labels on the logged arm, pseudo-labels (B, K) elsewhere.
 
     treatment=None: every arm's label is the pseudo-label (the bridge also gates the logged arm).
+    weight (B,): per-row weights (inverse propensity weighting of OBS rows), None = equal.
     """
     if treatment is None:
         rev_target, cost_target = rev_cf, cost_cf
@@ -132,7 +134,8 @@ def lower_level_loss(
         cost_target = torch.where(logged, cost[:, None], cost_cf)
     err = outcome_error(rev_hat, rev_target, revenue_scale, kind)
     err = err + outcome_error(cost_hat, cost_target, cost_scale, kind)
-    return err.sum(dim=1).mean()
+    per_row = err.sum(dim=1)
+    return (per_row if weight is None else weight * per_row).mean()
 
 
 def mer_loss(

@@ -46,7 +46,7 @@ class PhaseRun(Protocol):
     def optimizer(self, net: torch.nn.Module, lr: float) -> torch.optim.Optimizer: ...
 
     def warm_start(
-        self, net: OutcomeNet, data: Split, weighted: bool, checkpoints: Checkpoints
+        self, net: OutcomeNet, data: Split, weighted: bool | Tensor, checkpoints: Checkpoints
     ) -> Candidate:
         """Train net as the two-stage model on data (selected); it joins checkpoints."""
         ...

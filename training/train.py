@@ -169,7 +169,7 @@ class Trainer:
         return self.close_phase(net, checkpoints, phase)
 
     def warm_start(
-        self, net: OutcomeNet, data: Split, weighted: bool, checkpoints: Checkpoints
+        self, net: OutcomeNet, data: Split, weighted: bool | Tensor, checkpoints: Checkpoints
     ) -> Candidate:
         """Warm start (§4.5, §8.11) = the two-stage model on the same data, selection included;
         net continues from it and it joins `checkpoints` as the one warm-start candidate.

@@ -129,3 +129,19 @@ def test_outcome_net_outputs_stay_nonnegative_under_the_all_arms_loss(tiny_table
     with torch.no_grad():
         rev, cost = net(tr.x)
     assert (rev >= 0).all() and (cost >= 0).all()
+
+
+def test_ipw_weighted_bidfcl_starts_from_exactly_the_tsm_ipw_model(tiny_tables, tiny_config):
+    """obs_weighting="ipw": the warm start is tsm-ipw's recipe on the same rows, so with an
+    unreachable bar Bi-DFCL ships the tsm-ipw model bit for bit."""
+    rct, obs = tiny_tables
+    decision = train(tiny_config("bi-dfcl", obs_weighting="ipw", select_z=1e9), rct, obs,
+                     progress=False)  # fmt: skip
+    baseline = train(tiny_config("tsm-ipw"), rct, obs, progress=False)
+    assert decision.card["validation"]["selected_phase"] == "warm-start-average"
+    x = torch.from_numpy(decision.val_features)
+    with torch.no_grad():
+        for got, want in zip(decision.net(x), baseline.net(x), strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="obs_weighting must be one of"):
+        TrainConfig(obs_weighting="dr")  # type: ignore[arg-type]
