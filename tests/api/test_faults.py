@@ -160,11 +160,13 @@ def test_request_past_its_deadline_is_504_and_rolled_back(
         conn.execute(sa.text("LOCK TABLE allocations IN EXCLUSIVE MODE"))
     else:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
-    threading.Timer(1.5, conn.rollback).start()  # the lock goes away after the deadline
     quick = settings.model_copy(update={"request_timeout_s": 0.5})
     try:
         with TestClient(create_app(quick), headers=auth_headers) as fast:
+            # the lock goes away 1.5 s from now, well after the deadline; the clock starts with
+            # the timer (not after app start-up, which a loaded machine can slow)
             started = time.monotonic()
+            threading.Timer(1.5, conn.rollback).start()
             r = fast.post("/v1/allocations", json={"budget": 10.0, "customers": customers(5)})
             waited = time.monotonic() - started
     finally:
