@@ -162,12 +162,12 @@ def build_data(
 
 
 def curve_of(
-    model: OnnxModel, holdout: pd.DataFrame, logged: metrics.Logged, budgets: list[float] | None
-) -> metrics.BudgetCurve:
-    """Mode-E EOM budget curve of an exported model (onnxruntime) on held-out randomized rows;
+    predictions: tuple[np.ndarray, np.ndarray], logged: metrics.Logged,
+    budgets: list[float] | None,
+) -> metrics.BudgetCurve:  # fmt: skip
+    """Mode-E EOM budget curve of a model's (N, K) predictions of the held-out randomized rows;
     `curve.policy` (B, N) is its policy at each budget's multiplier."""
-    revenue, cost = model.predict_columns(holdout)  # (N, K)
-    return metrics.budget_curve(revenue, cost, logged, budgets)
+    return metrics.budget_curve(*predictions, logged, budgets)
 
 
 def _logged(holdout: pd.DataFrame) -> metrics.Logged:
@@ -206,12 +206,13 @@ def compare(
     budgets = settings.retrain_budgets
     logged = _logged(holdout)  # validated once, shared by both curves and the paired gain
     result["estimator"] = settings.retrain_estimator
+    champion_predictions = champion.predict_columns(holdout)  # (N, K) each, scored once
     if settings.retrain_estimator == "dr":  # the champion never saw these rows: a fair baseline
-        logged = logged.with_baseline(*champion.predict_columns(holdout))
+        logged = logged.with_baseline(*champion_predictions)
         share = metrics.explained_share(logged)
         result["explained_share"] = {"revenue": share[0], "cost": share[1]}
-    old = curve_of(champion, holdout, logged, budgets)
-    new = curve_of(challenger, holdout, logged, budgets)
+    old = curve_of(champion_predictions, logged, budgets)
+    new = curve_of(challenger.predict_columns(holdout), logged, budgets)
     for role, model, c in (("champion", champion, old), ("challenger", challenger, new)):
         result[role] = {
             "version": model.version,
