@@ -25,6 +25,7 @@ import math
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 RAW = {f"{m}-raw": m for m in (*DFCL, "bi-dfcl", *VARIANTS)}
 CEILING = "pooled-unconfounded"  # diagnostic, simulator only (see the module docstring)
+Emit = Callable[[dict[str, Any]], None]  # receives each finished record (see Recorder)
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
@@ -123,10 +125,37 @@ def _config(args: argparse.Namespace, label: str, seed: int, n_obs: int) -> Trai
     return cfg.replace(method=method, seed=seed)
 
 
+class Recorder:
+    """Collects result records and rewrites the JSON after each one.
+
+    A 10^6-row seed takes most of an hour; a process stopped in seed 2 keeps seed 1 (and every
+    finished method) on disk, marked `"complete": false` until the run ends.
+    """
+
+    def __init__(self, path: Path, header: dict[str, Any]) -> None:
+        self.path, self.header = path, header
+        self.records: list[dict[str, Any]] = []
+        self.started = time.perf_counter()
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        self._write({"complete": False})
+
+    def finish(self, summary: list[dict[str, Any]]) -> float:
+        seconds = time.perf_counter() - self.started
+        self._write({"complete": True, "seconds": seconds, "summary": summary})
+        return seconds
+
+    def _write(self, extra: dict[str, Any]) -> None:
+        payload = {**self.header, **extra, "records": self.records}
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(payload, indent=1, default=float) + "\n")
+        tmp.replace(self.path)  # atomic: a reader never sees half a file
+
+
 def _run_methods(args: argparse.Namespace, setting: str, seed: int, rct: Table, obs: Table,
                  test: Table, truth: metrics.Logged | None, budgets: np.ndarray,
-                 grid: np.ndarray) -> list[dict[str, Any]]:  # fmt: skip
-    records = []
+                 grid: np.ndarray, emit: Emit) -> None:  # fmt: skip
     wanted = [m for m in args.methods if m != CEILING]
     runs = list(dict.fromkeys(RAW.get(m, m) for m in wanted))  # one training per base label
     for label in runs:
@@ -140,16 +169,15 @@ def _run_methods(args: argparse.Namespace, setting: str, seed: int, rct: Table, 
         for name, res in outputs:
             rec = {"setting": setting, "seed": seed, "method": name, "budgets": budgets.tolist(),
                    **evaluate(res, test, truth, budgets, grid)}  # fmt: skip
-            records.append(rec)
+            emit(rec)
             shown = rec.get("true_revenue", rec["eom_revenue"])
             print(f"  [{setting} seed {seed}] {name:<16} {res.seconds:6.1f}s  revenue "
                   + " ".join(f"{v:.4f}" for v in shown)
                   + f"  val_rev {rec['val_revenue']:.4f} ({rec['selected_phase']})",
                   flush=True)  # fmt: skip
-    return records
 
 
-def simulator_records(args: argparse.Namespace, ratio: int, seed: int) -> list[dict[str, Any]]:
+def simulator_records(args: argparse.Namespace, ratio: int, seed: int, emit: Emit) -> None:
     """Simulate one data set, train every method, evaluate against the ground truth."""
     n_rct = max(args.n_obs // ratio, 20)
     sim_seed = 1000 * ratio + seed + args.seed_offset
@@ -169,24 +197,23 @@ def simulator_records(args: argparse.Namespace, ratio: int, seed: int) -> list[d
         low, high = float(spend.min()), float(spend.max())
         budgets = low + (high - low) * np.asarray(QUANTILES)
         grid = metrics.budget_grid(low, high, 10)
-        records = _run_methods(args, setting, seed, data.rct, data.obs, data.test,
-                               truth, budgets, grid)  # fmt: skip
+        _run_methods(args, setting, seed, data.rct, data.obs, data.test, truth, budgets, grid,
+                     emit)  # fmt: skip
         if CEILING in args.methods:  # same customers, OBS logged without confounding
             twin = simulate(sim.params, bias=0.0).write(Path(tmp) / "twin")
             twin_data = load_dataset(twin)
             cfg = _config(args, "tsm-pooled", seed, twin_data.obs.n_rows)
             result = train(cfg, twin_data.rct, twin_data.obs, progress=False)
-            records.append({"setting": setting, "seed": seed, "method": CEILING,
-                            "budgets": budgets.tolist(),
-                            **evaluate(result, data.test, truth, budgets, grid)})  # fmt: skip
+            emit({"setting": setting, "seed": seed, "method": CEILING,
+                  "budgets": budgets.tolist(),
+                  **evaluate(result, data.test, truth, budgets, grid)})  # fmt: skip
     oracle = [sim.oracle(float(b)).revenue / args.n_test for b in np.concatenate([budgets, grid])]
-    records.append({"setting": setting, "seed": seed, "method": "oracle",
-                    "budgets": budgets.tolist(), "true_revenue": oracle[:3],
-                    "true_curve": oracle[3:]})  # fmt: skip
-    return records
+    emit({"setting": setting, "seed": seed, "method": "oracle",
+          "budgets": budgets.tolist(), "true_revenue": oracle[:3],
+          "true_curve": oracle[3:]})  # fmt: skip
 
 
-def hillstrom_records(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
+def hillstrom_records(args: argparse.Namespace, seed: int, emit: Emit) -> None:
     """Hillstrom protocol for one split seed: EOM only."""
     from training.data.hillstrom import HillstromParams, build
 
@@ -196,8 +223,8 @@ def hillstrom_records(args: argparse.Namespace, seed: int) -> list[dict[str, Any
         low, high = min(spend), max(spend)
         budgets = low + (high - low) * np.asarray(QUANTILES)
         grid = metrics.budget_grid(low, high, 10)
-        return _run_methods(args, "hillstrom", seed, data.rct, data.obs, data.test, None,
-                            budgets, grid)  # fmt: skip
+        _run_methods(args, "hillstrom", seed, data.rct, data.obs, data.test, None,
+                     budgets, grid, emit)  # fmt: skip
 
 
 def _ci(values: np.ndarray) -> tuple[float, float]:
@@ -382,32 +409,25 @@ def main(argv: list[str] | None = None) -> int:
     # the first optimizer of a process imports torch._dynamo (~4 s): pay it before any timing,
     # or whichever method trains first looks slower
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
-    started = time.perf_counter()
-    records: list[dict[str, Any]] = []
-    for ratio in (int(r) for r in args.ratios.split(",") if r.strip()):  # "" = Hillstrom only
-        for seed in range(args.first_seed, args.first_seed + args.seeds):
-            records += simulator_records(args, ratio, seed)
-    if args.hillstrom:
-        for seed in range(args.first_seed, args.first_seed + args.seeds):
-            records += hillstrom_records(args, seed)
-    rows = summarize(records)
-    print_table(rows)
-    print_footnote()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = (
         "decision_quality" + ("_quick" if args.quick else "") + (f"_{args.tag}" if args.tag else "")
     )
-    payload = {
-        "command": " ".join(["python", *sys.argv]),
-        "seconds": time.perf_counter() - started,
-        "args": vars(args),
-        "summary": rows,
-        "records": records,
-    }
-    (out / f"{name}.json").write_text(json.dumps(payload, indent=1, default=float) + "\n")
-    plot(records, out / f"{name}.png")
-    print(f"\nwrote {out / name}.json and .png in {payload['seconds']:.0f} s")
+    header = {"command": " ".join(["python", *sys.argv]), "args": vars(args)}
+    recorder = Recorder(out / f"{name}.json", header)
+    for ratio in (int(r) for r in args.ratios.split(",") if r.strip()):  # "" = Hillstrom only
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            simulator_records(args, ratio, seed, recorder.add)
+    if args.hillstrom:
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            hillstrom_records(args, seed, recorder.add)
+    rows = summarize(recorder.records)
+    print_table(rows)
+    print_footnote()
+    seconds = recorder.finish(rows)
+    plot(recorder.records, out / f"{name}.png")
+    print(f"\nwrote {out / name}.json and .png in {seconds:.0f} s")
     return 0
 
 

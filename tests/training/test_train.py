@@ -256,6 +256,7 @@ def test_benchmark_quick_runs_end_to_end(tmp_path):
             str(tmp_path / "hillstrom.csv")]  # fmt: skip
     assert bench.main(args) == 0
     payload = json.loads((tmp_path / "decision_quality_quick.json").read_text())
+    assert payload["complete"] is True and not list(tmp_path.glob("*.tmp"))
     settings = {r["setting"] for r in payload["summary"]}
     assert settings == {"sim 10:1", "sim 50:1", "hillstrom"}
     bi = [r for r in payload["summary"] if r["method"] == "bi-dfcl" and r["setting"] == "sim 10:1"]
@@ -329,3 +330,22 @@ def test_the_warm_start_is_the_selected_two_stage_model(
     with torch.no_grad():
         for got, want in zip(net(x), baseline.net(x), strict=True):
             torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_benchmark_recorder_keeps_finished_records_of_a_stopped_run(tmp_path: Path) -> None:
+    """A 10^6-row seed takes most of an hour: every finished method must already be on disk."""
+    spec = importlib.util.spec_from_file_location(
+        "decision_quality", Path(__file__).parents[2] / "benchmarks" / "decision_quality.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    path = tmp_path / "run.json"
+    recorder = bench.Recorder(path, {"command": "python x"})
+    recorder.add({"method": "tsm-pooled", "seed": 0})
+    recorder.add({"method": "bi-dfcl", "seed": 0})
+    partial = json.loads(path.read_text())  # what a killed process leaves
+    assert partial["complete"] is False and partial["command"] == "python x"
+    assert [r["method"] for r in partial["records"]] == ["tsm-pooled", "bi-dfcl"]
+    assert recorder.finish([{"method": "bi-dfcl"}]) >= 0
+    final = json.loads(path.read_text())
+    assert final["complete"] is True and final["summary"] == [{"method": "bi-dfcl"}]
