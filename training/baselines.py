@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from app.core import metrics
 from training.selection import Candidate, Checkpoints
 from training.splits import Split
 
@@ -93,25 +94,35 @@ def _fold_model(run: Trainer, fold: Split, seed_offset: int, phase: str) -> Outc
     return net
 
 
+def aipw_scores(
+    rows: Split, mu_revenue: Tensor, mu_cost: Tensor, propensity: Tensor
+) -> tuple[Tensor, Tensor]:
+    """AIPW pseudo-outcomes (N, K) of `rows` for revenue and cost, given an outcome model's
+    (N, K) predictions that were not fit on these rows.
+
+    The formula lives once, in the core (`app.core.metrics.Logged.scores`, which validation
+    and champion/challenger read); training calls it rather than restating it in torch.
+    """
+    logged = metrics.Logged.of(
+        rows.treatment.numpy(), rows.revenue.numpy(), rows.cost.numpy(), propensity.numpy()
+    ).with_baseline(mu_revenue.detach().numpy(), mu_cost.detach().numpy())
+    gamma_r, gamma_c = logged.scores()
+    return torch.from_numpy(gamma_r).float(), torch.from_numpy(gamma_c).float()
+
+
 def pseudo_outcomes(run: Trainer, pooled: Split) -> tuple[Tensor, Tensor]:
     """Cross-fitted AIPW pseudo-outcomes (N, K) for revenue and cost (two folds)."""
     n = len(pooled)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(run.cfg.seed + 5))
     folds = (order[: n // 2].sort().values, order[n // 2 :].sort().values)
     p = logged_propensity(pooled, run.k, run.cfg.seed).clamp_min(PROPENSITY_FLOOR)
-    gamma_r = torch.empty(n, run.k)
-    gamma_c = torch.empty(n, run.k)
-    rows = torch.arange(n)
+    mu_r = torch.empty(n, run.k)
+    mu_c = torch.empty(n, run.k)
     for i, (fit_rows, score_rows) in enumerate((folds, folds[::-1])):
         mu = _fold_model(run, pooled.subset(fit_rows), 10 + i, f"dr-nuisance-{i}")
         with torch.no_grad():
-            mu_r, mu_c = mu(pooled.x[score_rows])
-        gamma_r[score_rows], gamma_c[score_rows] = mu_r, mu_c
-    t = pooled.treatment
-    with torch.no_grad():
-        gamma_r[rows, t] += (pooled.revenue - gamma_r[rows, t]) / p
-        gamma_c[rows, t] += (pooled.cost - gamma_c[rows, t]) / p
-    return gamma_r, gamma_c
+            mu_r[score_rows], mu_c[score_rows] = mu(pooled.x[score_rows])
+    return aipw_scores(pooled, mu_r, mu_c, p)
 
 
 def train_dr_learner(

@@ -245,17 +245,12 @@ def _teacher(run: PhaseRun, warm: OutcomeNet, teacher_rows: Split) -> OutcomeNet
     return teacher
 
 
-def aipw_scores(teacher: OutcomeNet, rows: Split) -> tuple[Tensor, Tensor]:
+def teacher_aipw_scores(teacher: OutcomeNet, rows: Split) -> tuple[Tensor, Tensor]:
     """AIPW pseudo-outcomes (N, K) of the upper fold's rows for revenue and cost, with the
     teacher (which never saw these rows) as the outcome model (methods §5.6)."""
     with torch.no_grad():
         mu_r, mu_c = teacher(rows.x)
-    n = torch.arange(len(rows))
-    t = rows.treatment
-    gamma_r, gamma_c = mu_r.clone(), mu_c.clone()
-    gamma_r[n, t] += (rows.revenue - mu_r[n, t]) / rows.propensity
-    gamma_c[n, t] += (rows.cost - mu_c[n, t]) / rows.propensity
-    return gamma_r, gamma_c
+    return baselines.aipw_scores(rows, mu_r, mu_c, rows.propensity)
 
 
 def train_bidfcl(
@@ -278,7 +273,7 @@ def train_bidfcl(
     warm_weight = baselines.ipw_weights(pooled, k, cfg.seed) if ipw else False
     warm = run.warm_start(net, pooled, warm_weight, checkpoints)
     teacher = _teacher(run, net, teacher_rows)
-    gamma = aipw_scores(teacher, rct) if aipw else None
+    gamma = teacher_aipw_scores(teacher, rct) if aipw else None
     # lower level: OBS as in the paper, or OBS plus the teacher fold's factual rows (§8.10)
     lower = obs if cfg.lower_data == "obs" else teacher_rows.concat(obs)
     with torch.random.fork_rng():

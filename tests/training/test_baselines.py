@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from training import baselines
-from training.bidfcl import aipw_scores
+from training.bidfcl import teacher_aipw_scores
 from training.config import TrainConfig
 from training.nets import OutcomeNet
 from training.train import Trainer, prepare, train
@@ -74,7 +74,7 @@ def test_baselines_need_obs(tiny_tables, tiny_config):
 def test_aipw_scores_add_the_weighted_residual_on_the_logged_arm_only(tiny_tables, tiny_config):
     run, tr, _ = _pooled(tiny_tables, tiny_config, "bi-dfcl")
     teacher = run.outcome_net(tr, 1)
-    gamma_r, gamma_c = aipw_scores(teacher, tr)
+    gamma_r, gamma_c = teacher_aipw_scores(teacher, tr)
     with torch.no_grad():
         mu_r, mu_c = teacher(tr.x)
     rows, t = torch.arange(len(tr)), tr.treatment
