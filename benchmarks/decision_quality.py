@@ -255,6 +255,12 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 row[name] = float(v[:, b].mean())
                 if best:
                     row[f"{name}_gain"] = _ci(v[:, b] / value[best[b]][:, b] - 1.0)
+                if "tsm-pooled" in value:  # what de-biasing earned over the pooled model
+                    pooled_v = value["tsm-pooled"][:, b]
+                    row[f"{name}_vs_pooled"] = _ci(v[:, b] / pooled_v - 1.0)
+                    if CEILING in value:  # share of the ceiling's gap (mean over seeds)
+                        gap = value[CEILING][:, b].mean() - pooled_v.mean()
+                        row[f"{name}_gap_share"] = float((v[:, b].mean() - pooled_v.mean()) / gap)
             mr = [r for r in recs if r["method"] == m]
             cost_key = "true_cost" if key == "true_revenue" else "eom_cost"
             row["overspent"] = [  # runs whose realized spend exceeds the budget (cannot reach it)
@@ -304,6 +310,20 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             tail += f"{r['seconds']:>9.1f}" if "seconds" in r else f"{'':>9}"
             tail += f"{r['time_x_pooled']:>9.2f}" if "time_x_pooled" in r else ""
             print(f"{r['method']:<20}{cells}{tail}")
+        if "low_vs_pooled" not in sub[0]:
+            continue
+        shares = "low_gap_share" in sub[0]
+        print(
+            f"\n   {setting}: gain vs tsm-pooled (paired, mean ± 95% CI)"
+            + ("; share of the ceiling gap (pooled-unconfounded − tsm-pooled) captured" * shares)
+        )
+        for r in sub:
+            cells = ""
+            for n in BUDGET_NAMES:
+                g = r.get(f"{n}_vs_pooled")
+                cells += f"{100 * g[0]:+9.2f}% ±{100 * g[1]:5.2f}" if g else f"{'':>17}"
+                cells += f"{r[f'{n}_gap_share']:>7.0%}" if shares else ""
+            print(f"{r['method']:<20}{cells}")
 
 
 def print_footnote() -> None:

@@ -263,6 +263,10 @@ def test_benchmark_quick_runs_end_to_end(tmp_path):
     assert len(bi[0]["mid_gain"]) == 2 and bi[0]["seconds"] > 0
     oracle = [r for r in payload["summary"] if r["method"] == "oracle"][0]
     assert all(oracle[b] >= bi[0][b] - 1e-9 for b in ("low", "mid", "high"))
+    pooled = [r for r in payload["summary"] if r["method"] == "tsm-pooled"][0]
+    assert pooled["mid_vs_pooled"] == [0.0, 0.0]  # paired with itself
+    ceiling = [r for r in payload["summary"] if r["method"] == "pooled-unconfounded"][0]
+    assert ceiling["mid_gap_share"] == pytest.approx(1.0) and pooled["mid_gap_share"] == 0.0
     assert (tmp_path / "decision_quality_quick.png").stat().st_size > 0
 
 
