@@ -139,7 +139,7 @@ def record(
                 )
             )
         )
-    unknown = [i for i in customer_ids if i not in known]
+    unknown = pd.Index(customer_ids)[~pd.Index(customer_ids).isin(list(known))].tolist()
     if unknown:
         raise InvalidInput(
             f"{len(unknown)} customer ids are not in allocation {allocation_id}: "
@@ -176,29 +176,35 @@ def _fold_into_campaign(
     transaction as the outcomes; a repeated report replaces the earlier one)."""
     from app.services import campaigns  # campaigns imports allocations; keep this module light
 
-    predicted: dict[str, tuple[int, float]] = {}
-    previous: dict[str, float] = {}
+    decided: list[Any] = []
+    reported: list[Any] = []
     for start in range(0, len(customer_ids), _CHUNK):
         part = customer_ids[start : start + _CHUNK]
-        predicted.update(
-            (i, (t, c))
-            for i, t, c in session.execute(
-                select(Decision.customer_id, Decision.treatment, Decision.expected_cost).where(
-                    Decision.allocation_id == allocation_id, Decision.customer_id.in_(part)
-                )
+        decided += session.execute(
+            select(Decision.customer_id, Decision.treatment, Decision.expected_cost).where(
+                Decision.allocation_id == allocation_id, Decision.customer_id.in_(part)
             )
-        )
-        rows = session.execute(
+        ).all()
+        reported += session.execute(
             select(Outcome.customer_id, Outcome.cost).where(
                 Outcome.allocation_id == allocation_id, Outcome.customer_id.in_(part)
             )
         ).all()
-        previous.update((i, c) for i, c in rows)
-    treatment = np.array([predicted[i][0] for i in customer_ids], dtype=np.int64)
-    predicted_cost = np.array([predicted[i][1] for i in customer_ids], dtype=np.float64)
-    had = np.array([i in previous for i in customer_ids], dtype=bool)
-    before = np.array([previous.get(i, 0.0) for i in customer_ids], dtype=np.float64)
-    campaigns.on_outcomes(session, campaign_id, treatment, predicted_cost, cost, before, had)
+    # align the fetched rows to the report's order by index (every id has a decision: checked)
+    order = pd.Index(customer_ids)
+    decisions = pd.DataFrame(decided, columns=["customer_id", "treatment", "expected_cost"])
+    decisions = decisions.set_index("customer_id").reindex(order)
+    earlier = pd.DataFrame(reported, columns=["customer_id", "cost"]).set_index("customer_id")
+    before = earlier["cost"].reindex(order)
+    campaigns.on_outcomes(
+        session,
+        campaign_id,
+        decisions["treatment"].to_numpy(dtype=np.int64),
+        decisions["expected_cost"].to_numpy(dtype=np.float64),
+        cost,
+        before.fillna(0.0).to_numpy(dtype=np.float64),
+        before.notna().to_numpy(),
+    )
 
 
 def read_file(path: Path) -> tuple[list[str], FloatArray, FloatArray]:
