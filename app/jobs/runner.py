@@ -3,10 +3,11 @@
 A job is a row (its table holds id, status, workdir and pid) plus a process running
 `python -m <module> JOB_ID WORKDIR`. The row is the shared state: `launch` records the pid,
 the job marks itself running and finally closes itself; the service's `fail_dead_jobs`
-(services/retrain.py, services/allocation_jobs.py) closes a job whose process died without
-saying so. Only the local backend exists: a child process of the service on this host (the pid
-check assumes one host). A Ray backend would implement `Backend.start` by submitting the
-same module as a Ray job and must then replace the pid check by the Ray job's status.
+(services/retrain.py, services/allocation_jobs.py; liveness in services/job_process.py) closes
+a job whose process died without saying so. Only the local backend exists: a child process of
+the service on this host (the pid check assumes one host). A Ray backend would implement
+`Backend.start` by submitting the same module as a Ray job and must then replace the pid check
+by the Ray job's status.
 """
 
 from __future__ import annotations

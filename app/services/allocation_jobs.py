@@ -16,7 +16,7 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,7 +29,7 @@ from app.db import begin_write
 from app.errors import Conflict, InvalidInput, NoActiveModel, NotFound
 from app.schemas import AllocationJobCreate
 from app.services import models
-from app.services.retrain import process_alive
+from app.services.job_process import dead_reason, process_alive
 from app.tables import AllocationJob
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,6 @@ TABLE_SUFFIXES = (".parquet", ".pq", ".csv")  # what the job reads (app/jobs/all
 PARQUET_MAGIC = b"PAR1"
 WRITE_BYTES = 1 << 20  # uploads are written in blocks of this size, off the event loop
 # A queued job whose process was never launched (service died first) is given up after this.
-LAUNCH_GRACE = timedelta(seconds=120)
 
 
 def _now() -> datetime:
@@ -298,14 +297,9 @@ def fail_dead_jobs(session: Session) -> None:
     when a cancellation was asked for. Nothing of theirs was stored (all or nothing)."""
     stmt = select(AllocationJob).where(AllocationJob.status.in_(IN_PROGRESS))
     for job in session.scalars(stmt):
-        if job.pid is None:
-            if _now() - job.created_at <= LAUNCH_GRACE:
-                continue
-            reason = "the job process never started"
-        elif process_alive(job.pid, job.id):
+        reason = dead_reason(job.pid, job.id, job.created_at, _now())
+        if reason is None:
             continue
-        else:
-            reason = f"the job process (pid {job.pid}) ended without reporting a result"
         status = "cancelled" if job.cancel_requested else "failed"
         if finish(session, job.id, status=status, error=None if job.cancel_requested else reason):
             log.error("allocation job %s: %s", job.id, reason)

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +23,13 @@ from app.config import Settings
 from app.db import begin_write
 from app.errors import Conflict, InvalidInput, NotFound
 from app.schemas import RetrainCreate
+from app.services.job_process import dead_reason
 from app.tables import RetrainJob
 
 log = logging.getLogger(__name__)
 
 LOG_NAME = "job.log"
 LOG_TAIL_LINES = 40
-# A queued job whose process was never launched (service died first) is given up after this.
-LAUNCH_GRACE = timedelta(seconds=120)
 
 
 def _now() -> datetime:
@@ -49,33 +47,12 @@ def finish(session: Session, job_id: uuid.UUID, **values: Any) -> bool:
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def process_alive(pid: int, job_id: uuid.UUID) -> bool:
-    """Is `pid` still this job's process? A reused pid running something else counts as dead."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else: cannot tell more without /proc
-    proc = Path(f"/proc/{pid}")
-    try:
-        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
-    except (OSError, IndexError):
-        return True  # no procfs: the signal check above is all we have
-    return state != "Z" and str(job_id) in cmdline
-
-
 def fail_dead_jobs(session: Session) -> None:
     """Mark in-progress jobs whose process is gone (or never started) as failed."""
     for job in session.scalars(select(RetrainJob).where(RetrainJob.in_progress)):
-        if job.pid is None:
-            if _now() - job.created_at > LAUNCH_GRACE:
-                finish(session, job.id, status="failed", error="the job process never started")
-        elif not process_alive(job.pid, job.id):
-            reason = f"the job process (pid {job.pid}) ended without reporting a result"
-            if finish(session, job.id, status="failed", error=reason):
-                log.error("retraining job %s: %s", job.id, reason)
+        reason = dead_reason(job.pid, job.id, job.created_at, _now())
+        if reason is not None and finish(session, job.id, status="failed", error=reason):
+            log.error("retraining job %s: %s", job.id, reason)
     session.flush()
 
 

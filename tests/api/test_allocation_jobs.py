@@ -28,7 +28,7 @@ from app.config import Settings
 from app.db import database_url
 from app.jobs import runner
 from app.main import create_app
-from app.services.retrain import process_alive
+from app.services.job_process import process_alive
 from tests.utils.tables import customer_frame as customer_table
 
 FINISHED = ("succeeded", "failed", "cancelled")

@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.main import create_app
-from app.services.retrain import process_alive
+from app.services.job_process import process_alive
 from app.tables import RetrainJob
 
 
