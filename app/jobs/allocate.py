@@ -54,7 +54,7 @@ from app.errors import InvalidInput, ModelOutputInvalid
 from app.inference import OnnxModel
 from app.registry import Registry
 from app.services import models
-from app.services.allocations import DECISION_COLUMNS
+from app.services.decision_rows import STORED, insert_decisions
 from app.services.exploration import ExplorationInfeasible, draw, new_seed
 from app.tables import Allocation
 
@@ -807,8 +807,6 @@ def remove_output(path: Path) -> None:
 
 # ------------------------------------------------------------------------------- storing
 
-_STORED = DECISION_COLUMNS[1:]  # every stored column but allocation_id, in table order
-
 
 def store_result(
     factory: Callable[[], Session],
@@ -837,42 +835,13 @@ def store_result(
         begin_write(session)
         session.add(allocation)
         session.flush()
-        insert_decisions(session, allocation.id, result.decisions_path)
+        insert_decisions(session, allocation.id, _stored_batches(_parts(result.decisions_path)))
         if on_commit is not None:
             on_commit(session, allocation.id)
     return allocation.id
 
 
-def insert_decisions(session: Session, allocation_id: uuid.UUID, path: Path) -> None:
-    """Bulk-insert a decisions Parquet file (file or directory of parts) into `decisions`.
-
-    PostgreSQL: COPY in CSV, written by pyarrow one row group at a time. SQLite: one
-    executemany per row group on the raw connection (no ORM objects), in the same transaction.
-    """
-    raw = session.connection().connection.driver_connection
-    columns = ", ".join(DECISION_COLUMNS)
-    parts = _parts(path)
-    if session.get_bind().dialect.name == "postgresql":
-        cursor = raw.cursor()  # type: ignore[union-attr]
-        with cursor.copy(f"COPY decisions ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
-            for rb in _stored_batches(parts):
-                table = pa.table(
-                    [pa.array([str(allocation_id)] * rb.num_rows), *rb.columns],
-                    names=list(DECISION_COLUMNS),
-                )
-                sink = pa.BufferOutputStream()
-                pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=False))
-                copy.write(sink.getvalue().to_pybytes())
-        return
-    marks = ", ".join("?" * len(DECISION_COLUMNS))
-    cursor = raw.cursor()  # type: ignore[union-attr]
-    sql = f"INSERT INTO decisions ({columns}) VALUES ({marks})"
-    for rb in _stored_batches(parts):
-        cols = [c.to_pylist() for c in rb.columns]
-        cursor.executemany(sql, zip([allocation_id.hex] * rb.num_rows, *cols, strict=True))
-
-
 def _stored_batches(parts: list[Path]) -> Iterator[pa.RecordBatch]:
     for part in parts:
         with pq.ParquetFile(part) as f:
-            yield from f.iter_batches(batch_size=65_536, columns=list(_STORED))
+            yield from f.iter_batches(batch_size=65_536, columns=list(STORED))

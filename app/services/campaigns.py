@@ -42,10 +42,10 @@ from app.services import models
 from app.services.allocations import (
     DecisionView,
     Predicted,
-    _insert_decisions,
     predict_customers,
     score_customers,
 )
+from app.services.decision_rows import decision_batch, insert_decisions
 from app.services.exploration import SEED_LIMIT, draw, new_seed
 from app.tables import Allocation, Campaign, CampaignHistory
 
@@ -386,7 +386,11 @@ def decide(
         ids, treatment.tolist(), chosen_r.tolist(), chosen_c.tolist(), propensity.tolist(),
         is_explored.tolist(),
     )  # fmt: skip
-    _insert_decisions(session, allocation_id, columns, [c.features for c in body.customers])
+    batch = decision_batch(
+        ids, treatment, chosen_r, chosen_c, propensity, is_explored,
+        [c.features for c in body.customers],
+    )  # fmt: skip
+    insert_decisions(session, allocation_id, [batch])
     arms = state.arms.add_decisions(treatment, chosen_c)
     new_lam = pacing.next_multiplier(
         lam, float(out.cost.sum()), n, state.remaining, remaining_n, total_n,

@@ -271,3 +271,35 @@ def test_decisions_stored_in_bulk(client: TestClient, customers: Any) -> None:
     assert np.array_equal([r.treatment for r in rows], [d["treatment"] for d in out["decisions"]])
     assert sum(r.expected_cost for r in rows) <= 800.0 + 1e-9
     assert all(r.propensity == 1.0 and not r.explored for r in rows)
+
+
+def test_stored_decisions_keep_awkward_ids_and_feature_text(
+    client: TestClient, customers: Any, settings: Any
+) -> None:
+    """The bulk write (COPY in CSV on PostgreSQL, executemany on SQLite) must round-trip
+    separators, quotes, newlines and non-ASCII text in ids and categorical features."""
+    body = {"budget": 20.0, "customers": customers(4)}
+    awkward = ["a,b", 'say "hi"', "line\nbreak", "ünïcødé ✓"]
+    for c, text in zip(body["customers"], awkward, strict=True):
+        c["id"] = text
+        c["features"]["channel"] = text
+    r = client.post("/v1/allocations", json=body)
+    assert r.status_code == 201, r.text
+    engine = sa.create_engine(settings.database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT position, customer_id, features, explored FROM decisions "
+                    "WHERE allocation_id = :a ORDER BY position"
+                ),
+                {"a": uuid.UUID(r.json()["id"]).hex
+                 if engine.dialect.name == "sqlite" else r.json()["id"]},
+            ).all()  # fmt: skip
+    finally:
+        engine.dispose()
+    assert [row.position for row in rows] == [0, 1, 2, 3]
+    assert [row.customer_id for row in rows] == awkward
+    stored = [f if isinstance(f, dict) else json.loads(f) for f in (row.features for row in rows)]
+    assert [f["channel"] for f in stored] == awkward
+    assert all(row.explored in (False, 0) for row in rows)
