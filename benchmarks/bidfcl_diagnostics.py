@@ -10,7 +10,12 @@ the script reports, on the simulator's truth:
   the budget multiplier cannot fix);
 - per bi-level epoch: mean teacher share of the pseudo-labels (the bridge's gates), the cosine
   between successive meta-gradients (near 0: the upper level's signal is batch noise), and the
-  validation paired gain over the warm start with its SE (what selection sees).
+  validation paired gain over the warm start with its SE (what selection sees), and the mean
+  upper-level loss (the decision loss on the upper fold's RCT rows, in-sample: falling while
+  true revenue does not rise means the upper level fits that fold's noise).
+
+Development runs (anything that informs a default) use --seed-offset 100 and may pass TrainConfig
+overrides with --config.
 
     python benchmarks/bidfcl_diagnostics.py --regime deal-seekers --n-obs 200000 --seeds 2
 """
@@ -75,7 +80,8 @@ def _uplift_rank_corr(pred: np.ndarray, true: np.ndarray) -> float:
 
 def run_seed(args: argparse.Namespace, seed: int, bench: Any) -> dict[str, Any]:
     n_rct = args.n_obs // args.ratio
-    sim = simulate(n_obs=args.n_obs, n_rct=n_rct, n_test=args.n_test, seed=1000 * args.ratio + seed,
+    data_seed = 1000 * args.ratio + seed + args.seed_offset
+    sim = simulate(n_obs=args.n_obs, n_rct=n_rct, n_test=args.n_test, seed=data_seed,
                    regime=args.regime)  # fmt: skip
     teachers: list[OutcomeNet] = []
     original = bidfcl._teacher
@@ -91,8 +97,10 @@ def run_seed(args: argparse.Namespace, seed: int, bench: Any) -> dict[str, Any]:
         spend = sim.truth_cost.mean(axis=0)
         budgets = spend.min() + (spend.max() - spend.min()) * np.asarray(QUANTILES)
         batch = TrainConfig().batch_size
-        cfg = TrainConfig(method="bi-dfcl", seed=seed, upper_target=args.upper_target,
-                          steps_per_epoch=math.ceil(args.n_obs / batch))  # fmt: skip
+        overrides = json.loads(Path(args.config).read_text()) if args.config else {}
+        cfg = TrainConfig.from_json({"upper_target": args.upper_target,
+                                     "steps_per_epoch": math.ceil(args.n_obs / batch),
+                                     **overrides, "method": "bi-dfcl", "seed": seed})  # fmt: skip
         bidfcl._teacher = capture  # type: ignore[assignment]
         try:
             result = train(cfg, data.rct, data.obs, progress=False, also_raw=True)
@@ -109,7 +117,8 @@ def run_seed(args: argparse.Namespace, seed: int, bench: Any) -> dict[str, Any]:
         out["raw_selected"] = result.raw.card["validation"]["selected_phase"]
         out["epochs"] = [
             {key: row.get(key) for key in ("phase", "gate_revenue", "gate_cost", "grad_cosine",
-                                           "upper_skipped", "val_gain", "val_gain_se")}
+                                           "upper_loss", "upper_skipped", "val_gain",
+                                           "val_gain_se")}
             for row in result.history if row["phase"] == "bi-dfcl"
         ]  # fmt: skip
         out["teacher_rows"] = [
@@ -131,12 +140,12 @@ def print_seed(rec: dict[str, Any]) -> None:
         gain = " ".join(f"{100 * g:+6.2f}" for g in rev / base - 1)
         print(f"{name:<10}" + "".join(f"{v:>10.4f}" for v in rev)
               + f"   {gain:<26}{rec[name]['uplift_rank_corr']:.3f}")  # fmt: skip
-    print(f"{'epoch':>5}{'gate rev':>10}{'gate cost':>10}{'grad cos':>10}{'val gain':>10}"
-          f"{'SE':>8}")  # fmt: skip
+    print(f"{'epoch':>5}{'gate rev':>10}{'gate cost':>10}{'grad cos':>10}{'upper loss':>11}"
+          f"{'val gain':>10}{'SE':>8}")  # fmt: skip
     for i, row in enumerate(rec["epochs"]):
         print(f"{i:>5}{row['gate_revenue']:>10.3f}{row['gate_cost']:>10.3f}"
-              f"{row['grad_cosine']:>10.3f}{row['val_gain'] or 0:>10.4f}"
-              f"{row['val_gain_se'] or 0:>8.4f}")  # fmt: skip
+              f"{row['grad_cosine']:>10.3f}{row.get('upper_loss') or 0:>11.4f}"
+              f"{row['val_gain'] or 0:>10.4f}{row['val_gain_se'] or 0:>8.4f}")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-test", type=int, default=50_000)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--upper-target", default="ipw", choices=("ipw", "aipw"))
+    parser.add_argument("--seed-offset", type=int, default=0, help="development runs: 100+")
+    parser.add_argument("--config", help="TrainConfig JSON overrides (development runs)")
     parser.add_argument("--tag", default="")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
