@@ -48,6 +48,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "bi-dfcl-pifd": ("bi-dfcl", {"upper_loss": "pifd"}),
     "bi-dfcl-aipw": ("bi-dfcl", {"upper_target": "aipw"}),
     "bi-dfcl-ipw": ("bi-dfcl", {"obs_weighting": "ipw"}),
+    "bi-dfcl-auto": ("bi-dfcl", {"obs_weighting": "auto"}),
 }
 RAW = {f"{m}-raw": m for m in (*DFCL, "bi-dfcl", *VARIANTS)}
 CEILING = "pooled-unconfounded"  # diagnostic, simulator only (see the module docstring)

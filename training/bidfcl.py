@@ -268,10 +268,14 @@ def train_bidfcl(
     aipw = cfg.upper_target == "aipw"  # then nothing before the upper level sees its rows
     pooled = (teacher_rows if aipw else train).concat(obs)
     net = run.outcome_net(pooled, 0)
-    ipw = cfg.obs_weighting == "ipw"
     k = net.n_treatments
-    warm_weight = baselines.ipw_weights(pooled, k, cfg.seed) if ipw else False
-    warm = run.warm_start(net, pooled, warm_weight, checkpoints)
+    weights = baselines.ipw_weights(pooled, k, cfg.seed) if cfg.obs_weighting != "none" else None
+    if cfg.obs_weighting == "auto":  # the weighted recipe competes; selection decides
+        warm = run.warm_start(net, pooled, False, checkpoints, alternative=weights)
+        ipw = warm.scored.row["phase"].startswith("warm-start-ipw")
+    else:
+        ipw = weights is not None  # obs_weighting "ipw"
+        warm = run.warm_start(net, pooled, weights if weights is not None else False, checkpoints)
     teacher = _teacher(run, net, teacher_rows)
     gamma = teacher_aipw_scores(teacher, rct) if aipw else None
     # lower level: OBS as in the paper, or OBS plus the teacher fold's factual rows (§8.10)

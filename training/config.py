@@ -23,7 +23,7 @@ TeacherInit = Literal["pooled", "scratch"]
 LowerData = Literal["pooled", "obs"]
 Estimator = Literal["dr", "ht"]
 UpperTarget = Literal["ipw", "aipw"]
-ObsWeighting = Literal["none", "ipw"]
+ObsWeighting = Literal["none", "ipw", "auto"]
 
 METHODS: tuple[str, ...] = get_args(Method)
 TWO_STAGE: tuple[str, ...] = ("tsm-rct", "tsm-obs", "tsm-pooled", "tsm-ipw", "tsm-dr")
@@ -93,7 +93,9 @@ class TrainConfig:
     # OBS rows in Bi-DFCL's warm start and lower level: "none" (the paper) or "ipw", weighted
     # like tsm-ipw (training/baselines.py: logged propensity, else estimated), so the warm start
     # is exactly the tsm-ipw model and the lower level's factual labels are de-confounded as far
-    # as the propensities allow
+    # as the propensities allow; "auto": both warm starts are trained and the weighted one (and
+    # then weighted lower-level rows) is used only if it beats the unweighted one on paired
+    # validation evidence (select_z SEs), so IPW's variance is paid only where it buys something
     obs_weighting: ObsWeighting = "none"
     ppl_reward: Reward = "revenue"  # methods §8.3: "dual" uses r - lambda* c
     ppl_tau: float = 1.0

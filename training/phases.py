@@ -46,9 +46,11 @@ class PhaseRun(Protocol):
     def optimizer(self, net: torch.nn.Module, lr: float) -> torch.optim.Optimizer: ...
 
     def warm_start(
-        self, net: OutcomeNet, data: Split, weighted: bool | Tensor, checkpoints: Checkpoints
-    ) -> Candidate:
-        """Train net as the two-stage model on data (selected); it joins checkpoints."""
+        self, net: OutcomeNet, data: Split, weighted: bool | Tensor, checkpoints: Checkpoints,
+        alternative: Tensor | None = None,
+    ) -> Candidate:  # fmt: skip
+        """Train net as the two-stage model on data (selected); it joins checkpoints. With
+        `alternative` row weights a second, weighted recipe competes (default: the first)."""
         ...
 
     def fine_tuned(

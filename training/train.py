@@ -169,16 +169,25 @@ class Trainer:
         return self.close_phase(net, checkpoints, phase)
 
     def warm_start(
-        self, net: OutcomeNet, data: Split, weighted: bool | Tensor, checkpoints: Checkpoints
-    ) -> Candidate:
+        self, net: OutcomeNet, data: Split, weighted: bool | Tensor, checkpoints: Checkpoints,
+        alternative: Tensor | None = None,
+    ) -> Candidate:  # fmt: skip
         """Warm start (§4.5, §8.11) = the two-stage model on the same data, selection included;
         net continues from it and it joins `checkpoints` as the one warm-start candidate.
 
         So a decision-focused method competes with exactly the model its two-stage counterpart
         ships (tsm-rct for DFCL, tsm-pooled for Bi-DFCL), not with that recipe's every epoch.
+        alternative (N,): row weights of a second recipe from the same initial weights (phase
+        "warm-start-ipw"); its epochs join the selection, whose default stays the first
+        recipe's average, so it replaces that only on paired validation evidence.
         """
         recipe = Checkpoints()
+        initial = copy.deepcopy(net.state_dict())
         average = self.two_stage(net, data, weighted, "warm-start", recipe)
+        if alternative is not None:
+            other = copy.deepcopy(net)
+            other.load_state_dict(initial)
+            self.two_stage(other, data, alternative, "warm-start-ipw", recipe)
         warm, _ = recipe.choose(
             self.val, self.cfg.select_z, average, self.cfg.val_estimator, self.val_budgets
         )

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from training import baselines
+from training import baselines, bidfcl
 from training.bidfcl import teacher_aipw_scores
 from training.config import TrainConfig
 from training.nets import OutcomeNet
+from training.selection import Checkpoints
 from training.train import Trainer, prepare, train
 
 
@@ -145,3 +146,59 @@ def test_ipw_weighted_bidfcl_starts_from_exactly_the_tsm_ipw_model(tiny_tables, 
             torch.testing.assert_close(got, want, rtol=0, atol=0)
     with pytest.raises(ValueError, match="obs_weighting must be one of"):
         TrainConfig(obs_weighting="dr")  # type: ignore[arg-type]
+
+
+def _weights_seen_by_the_lower_level(monkeypatch):  # type: ignore[no-untyped-def]
+    """Record BiLevel instances so a test can read the lower level's OBS row weights."""
+    made = []
+
+    class Recording(bidfcl.BiLevel):
+        def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(bidfcl, "BiLevel", Recording)
+    return made
+
+
+def test_auto_obs_weighting_keeps_the_unweighted_warm_start_without_evidence(
+    tiny_tables, tiny_config, monkeypatch
+):
+    """obs_weighting="auto": the IPW recipe trains and is scored, but with an unreachable bar
+    the unweighted warm start (tsm-pooled bit for bit) ships and the lower level is unweighted."""
+    rct, obs = tiny_tables
+    made = _weights_seen_by_the_lower_level(monkeypatch)
+    decision = train(tiny_config("bi-dfcl", obs_weighting="auto", select_z=1e9), rct, obs,
+                     progress=False)  # fmt: skip
+    baseline = train(tiny_config("tsm-pooled"), rct, obs, progress=False)
+    phases = [row["phase"] for row in decision.history]
+    assert "warm-start-ipw-average" in phases and "warm-start-average" in phases
+    assert decision.card["validation"]["selected_phase"] == "warm-start-average"
+    assert made and made[0].row_weight is None
+    x = torch.from_numpy(decision.val_features)
+    with torch.no_grad():
+        for got, want in zip(decision.net(x), baseline.net(x), strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_auto_obs_weighting_switches_the_lower_level_when_ipw_is_chosen(
+    tiny_tables, tiny_config, monkeypatch
+):
+    """When selection prefers the IPW warm start, Bi-DFCL continues from it and weights the
+    lower level's OBS rows like tsm-ipw (the choice is forced here; the rule is selection's)."""
+    rct, obs = tiny_tables
+    made = _weights_seen_by_the_lower_level(monkeypatch)
+    choose = Checkpoints.choose
+
+    def prefer_ipw(self, val, z, default, *args, **kwargs):  # type: ignore[no-untyped-def]
+        ipw = [c for c in self.candidates if c.scored.row["phase"] == "warm-start-ipw-average"]
+        return (ipw[0], 0.0) if ipw else choose(self, val, z, default, *args, **kwargs)
+
+    monkeypatch.setattr(Checkpoints, "choose", prefer_ipw)
+    decision = train(tiny_config("bi-dfcl", obs_weighting="auto", select_z=1e9), rct, obs,
+                     progress=False)  # fmt: skip
+    assert decision.card["validation"]["selected_phase"] == "warm-start-ipw-average"
+    assert made and made[0].row_weight is not None
+    lower = made[0].obs
+    want = baselines.ipw_weights(lower, made[0].net.n_treatments, 0)
+    torch.testing.assert_close(made[0].row_weight, want)
