@@ -48,7 +48,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "bi-dfcl-pifd": ("bi-dfcl", {"upper_loss": "pifd"}),
     "bi-dfcl-aipw": ("bi-dfcl", {"upper_target": "aipw"}),
     "bi-dfcl-ipw": ("bi-dfcl", {"obs_weighting": "ipw"}),
-    "bi-dfcl-auto": ("bi-dfcl", {"obs_weighting": "auto"}),
+    "bi-dfcl-auto": ("bi-dfcl", {"obs_weighting": "auto"}),  # the default since 2026-12-02
+    "bi-dfcl-none": ("bi-dfcl", {"obs_weighting": "none"}),  # the paper; "bi-dfcl" before then
 }
 RAW = {f"{m}-raw": m for m in (*DFCL, "bi-dfcl", *VARIANTS)}
 CEILING = "pooled-unconfounded"  # diagnostic, simulator only (see the module docstring)
