@@ -96,8 +96,9 @@ class TrainConfig:
     # as the propensities allow; "auto": both warm starts are trained and the weighted one (and
     # then weighted lower-level rows) is used only if it beats the unweighted one on paired
     # validation evidence (select_z SEs), so IPW's variance is paid only where it buys something
-    # (default: at OBS 10^6 it chose IPW in 4/4 confounded deal-seekers runs, +0.5 to +5.7 %
-    # true revenue, and kept the unweighted model in 3/3 default-world seeds; docs §5.6)
+    # (default: at OBS 10^6 it chose IPW in 4/6 confounded deal-seekers runs (+0.5 to +5.7 %
+    # true revenue; 2 misses at 50:1) and kept the unweighted model in 3/3 default-world
+    # seeds; docs §5.6)
     obs_weighting: ObsWeighting = "auto"
     ppl_reward: Reward = "revenue"  # methods §8.3: "dual" uses r - lambda* c
     ppl_tau: float = 1.0
