@@ -23,7 +23,7 @@ from tqdm import tqdm
 from training import baselines, bilevel, losses
 from training.config import TrainConfig
 from training.nets import BridgeNet, OutcomeNet
-from training.phases import PhaseRun
+from training.phases import WEIGHTED_WARM_START, PhaseRun
 from training.selection import Candidate, Checkpoints
 from training.splits import Split, lam_at_budget
 
@@ -272,7 +272,7 @@ def train_bidfcl(
     weights = baselines.ipw_weights(pooled, k, cfg.seed) if cfg.obs_weighting != "none" else None
     if cfg.obs_weighting == "auto":  # the weighted recipe competes; selection decides
         warm = run.warm_start(net, pooled, False, checkpoints, alternative=weights)
-        ipw = warm.scored.row["phase"].startswith("warm-start-ipw")
+        ipw = warm.scored.row["phase"].startswith(WEIGHTED_WARM_START)
     else:
         ipw = weights is not None  # obs_weighting "ipw"
         warm = run.warm_start(net, pooled, weights if weights is not None else False, checkpoints)

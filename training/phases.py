@@ -18,6 +18,9 @@ from training.nets import OutcomeNet
 from training.selection import Candidate, Checkpoints
 from training.splits import Split
 
+# phase label of the IPW-weighted warm-start recipe (`warm_start(..., alternative=weights)`)
+WEIGHTED_WARM_START = "warm-start-ipw"
+
 
 class PhaseRun(Protocol):
     """Configuration, shared randomness and the phase helpers of one training run."""

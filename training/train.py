@@ -29,6 +29,7 @@ from training.bidfcl import train_bidfcl
 from training.config import DFCL, TWO_STAGE, TrainConfig
 from training.data import Table, encode_table
 from training.nets import OutcomeNet
+from training.phases import WEIGHTED_WARM_START
 from training.selection import Candidate, Checkpoints, Scored, averaged_epochs, score
 from training.splits import Split, budget_grid, budget_range, lam_at_budget
 
@@ -178,16 +179,15 @@ class Trainer:
         So a decision-focused method competes with exactly the model its two-stage counterpart
         ships (tsm-rct for DFCL, tsm-pooled for Bi-DFCL), not with that recipe's every epoch.
         alternative (N,): row weights of a second recipe from the same initial weights (phase
-        "warm-start-ipw"); its epochs join the selection, whose default stays the first
+        `WEIGHTED_WARM_START`); its epochs join the selection, whose default stays the first
         recipe's average, so it replaces that only on paired validation evidence.
         """
         recipe = Checkpoints()
-        initial = copy.deepcopy(net.state_dict())
+        # the second recipe's net is copied before training: the same initial weights
+        second = None if alternative is None else (copy.deepcopy(net), alternative)
         average = self.two_stage(net, data, weighted, "warm-start", recipe)
-        if alternative is not None:
-            other = copy.deepcopy(net)
-            other.load_state_dict(initial)
-            self.two_stage(other, data, alternative, "warm-start-ipw", recipe)
+        if second is not None:
+            self.two_stage(second[0], data, second[1], WEIGHTED_WARM_START, recipe)
         warm, _ = recipe.choose(
             self.val, self.cfg.select_z, average, self.cfg.val_estimator, self.val_budgets
         )

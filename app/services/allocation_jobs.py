@@ -51,7 +51,6 @@ CONTENT_TYPES: dict[str, UploadFormat] = {
 TABLE_SUFFIXES = (".parquet", ".pq", ".csv")  # what the job reads (app/jobs/allocate.py)
 PARQUET_MAGIC = b"PAR1"
 WRITE_BYTES = 1 << 20  # uploads are written in blocks of this size, off the event loop
-# A queued job whose process was never launched (service died first) is given up after this.
 
 
 def _now() -> datetime:

@@ -139,7 +139,8 @@ def record(
                 )
             )
         )
-    unknown = pd.Index(customer_ids)[~pd.Index(customer_ids).isin(list(known))].tolist()
+    given = pd.Index(customer_ids)
+    unknown = given[~given.isin(list(known))].tolist()
     if unknown:
         raise InvalidInput(
             f"{len(unknown)} customer ids are not in allocation {allocation_id}: "
